@@ -1,0 +1,53 @@
+"""Defaults shared by every config file; a config file starts from `base_config()` and sets
+what differs. Fields are documented here once."""
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.name = ""                   # recorded in results.json
+    c.seed = 0
+    c.total_steps = 1000
+    c.batch_size = 256            # global, over all processes and devices
+    c.log_every_steps = 50
+    c.checkpoint_every_steps = 500
+    c.keep_checkpoints = 3
+    c.eval_every_steps = 0        # 0: evaluate only at the end
+    c.peak_flops_per_device = None  # for MFU; None: by device kind (or a measured matmul on CPU)
+    c.mesh = ml_collections.ConfigDict({"data": -1})  # axis name -> size (-1: the rest)
+
+    c.input = ml_collections.ConfigDict()
+    c.input.source = "builtin"    # registry name, see maeclip_jax/data/pipeline.py
+    c.input.data = ""             # files / dataset name, for sources that need them
+    c.input.image_size = 64
+    c.input.max_text_len = 32
+    c.input.tokenizer = "builtin_words"
+    c.input.mean = (0.5, 0.5, 0.5)  # pixels are normalised as (x / 255 - mean) / std on device
+    c.input.std = (0.5, 0.5, 0.5)
+    c.input.prefetch = 2
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "maeclip"      # clip | mae | maeclip
+    c.model.image = ml_collections.ConfigDict(
+        {"variant": "mu/8", "posemb": "sincos2d", "pooling": "gap"})
+    c.model.text = ml_collections.ConfigDict(
+        {"variant": "mu", "pooling": "eot", "vocab_size": None})  # vocab: from the tokenizer
+    c.model.decoder = ml_collections.ConfigDict(
+        {"width": 64, "depth": 1, "mlp_dim": 256, "num_heads": 4})
+    c.model.embed_dim = 128
+    c.model.dtype = "float32"     # computation dtype; parameters stay float32
+    c.model.remat = False
+
+    c.masking = ml_collections.ConfigDict({"ratio": 0.75})
+    # Objective name -> weight; the step sums the weighted terms.
+    c.loss = ml_collections.ConfigDict({"contrastive": 1.0, "reconstruction": 1.0,
+                                        "norm_pix": True})
+
+    c.optimizer = ml_collections.ConfigDict(dict(
+        lr=1e-3, warmup_steps=100, min_lr_ratio=0.0, b1=0.9, b2=0.98, eps=1e-6,
+        weight_decay=0.2, clip_grad_norm=1.0))
+
+    c.evals = ml_collections.ConfigDict()
+    c.evals.linear_probe = ml_collections.ConfigDict({"num_examples": 2048, "batch_size": 256})
+    c.evals.zero_shot = ml_collections.ConfigDict({"num_examples": 1024, "batch_size": 256})
+    return c

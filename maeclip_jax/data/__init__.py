@@ -1,0 +1,1 @@
+"""Input pipelines: data sources (registry), tokenizers and the tf.data -> global-array path."""

@@ -1,0 +1,63 @@
+"""Shared evaluation plumbing: sharded, padded batched inference and evaluation datasets."""
+import functools
+from typing import Callable, Dict
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from maeclip_jax import sharding
+from maeclip_jax.train_step import normalize_images
+
+
+def batched_apply(fn: Callable, arrays: Dict[str, np.ndarray], batch_size: int, mesh) -> dict:
+    """Applies a jitted `fn(batch) -> pytree of [b, ...]` over N examples in global batches.
+
+    Every process holds the same full `arrays`. The last batch is padded (by repeating example
+    0) to the batch size and the padding is cut from the result, so padded rows never reach a
+    metric and every process runs the same number of steps.
+    """
+    n = len(next(iter(arrays.values())))
+    dp = sharding.data_parallel_size(mesh)
+    batch_size = max(dp, (batch_size // dp) * dp)
+    in_sh, out_sh = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+    jitted = jax.jit(fn, in_shardings=(in_sh,), out_shardings=out_sh)
+    outs = []
+    for start in range(0, n, batch_size):
+        chunk = {k: v[start:start + batch_size] for k, v in arrays.items()}
+        m = len(next(iter(chunk.values())))
+        if m < batch_size:
+            chunk = {k: np.concatenate([v, np.repeat(v[:1], batch_size - m, 0)]) for k, v in
+                     chunk.items()}
+        glob = {k: jax.make_array_from_callback(v.shape, in_sh, functools.partial(
+            lambda idx, a: a[idx], a=v)) for k, v in chunk.items()}
+        out = jax.device_get(jitted(glob))
+        outs.append(jax.tree.map(lambda x: np.asarray(x)[:m], out))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+
+
+def image_features(model, params, images: np.ndarray, config: ml_collections.ConfigDict,
+                   batch_size: int, mesh) -> dict:
+    """uint8 images `[N, H, W, 3]` -> dict(pooled `[N, W]`, embedding `[N, D]` if any)."""
+    def fn(batch):
+        out = model.apply({"params": params}, normalize_images(batch["image"], config),
+                          method="encode_image")
+        return {k: v for k, v in out.items() if k in ("pooled", "embedding")}
+    return batched_apply(fn, {"image": images}, batch_size, mesh)
+
+
+def text_embeddings(model, params, tokens: np.ndarray, batch_size: int, mesh) -> np.ndarray:
+    """int32 tokens `[N, L]` -> L2-normalised embeddings `[N, D]`."""
+    def fn(batch):
+        return model.apply({"params": params}, batch["text"], method="encode_text")["embedding"]
+    return batched_apply(fn, {"text": tokens}, batch_size, mesh)
+
+
+@functools.lru_cache(maxsize=8)
+def builtin_eval_split(seed: int, num_examples: int, image_size: int) -> dict:
+    """The built-in evaluation split (single objects, label = colour x shape), as numpy."""
+    from maeclip_jax.data import builtin
+    ds = builtin.dataset(seed, "eval", image_size, stop=num_examples).batch(num_examples)
+    ex = next(ds.as_numpy_iterator())
+    return {"image": ex["image"], "label": ex["label"]}

@@ -1,0 +1,48 @@
+"""Entry point: python -m maeclip_jax.main --config=configs/maeclip_tiny.py --workdir=DIR
+
+Any config field can be overridden: --config.batch_size=64 --config.model.image.pooling=max.
+"""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter hides our logs
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
+                                lock_config=False)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+flags.DEFINE_enum("mode", "train", ["train", "eval"],
+                  "train: train to total_steps (resuming), then evaluate. "
+                  "eval: evaluate the latest checkpoint in --workdir.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _QuietLibraries:
+    """absl logs every library's INFO lines; orbax alone writes dozens per checkpoint. Keep
+    their warnings and errors, drop their INFO chatter."""
+
+    def filter(self, record) -> bool:
+        return record.levelno >= 30 or "/orbax/" not in record.pathname
+
+
+def main(argv):
+    del argv
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+    import jax
+    import tensorflow as tf
+    # tf.data runs on the host only: keep TensorFlow off any accelerator JAX uses.
+    tf.config.set_visible_devices([], "GPU")
+    from maeclip_jax import train
+
+    logging.info("JAX %s: %d processes, %d devices (%s)", jax.__version__, jax.process_count(),
+                 jax.device_count(), jax.devices()[0].device_kind)
+    results = train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.mode)
+    if jax.process_index() == 0:
+        print("\nResults (also in %s):\n%s" % (
+            os.path.join(flags.FLAGS.workdir, "results.json"), train.format_table(results)),
+            flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,58 @@
+"""Per-example random masking of patch tokens, and patchify / unpatchify.
+
+Masking follows MAE: uniform noise per patch, argsort, keep the first K. Each example gets its
+own mask; `ids_restore` inverts the shuffle so a decoder can put tokens back in place.
+"""
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class Mask(NamedTuple):
+    """A batch of random masks over N tokens keeping K of them.
+
+    ids_keep: `[B, K]` int32, indices of kept (visible) tokens, in shuffled order.
+    ids_restore: `[B, N]` int32, the inverse permutation of the shuffle.
+    mask: `[B, N]` float32, 1 where the token is MASKED (dropped), 0 where visible.
+    """
+
+    ids_keep: jax.Array
+    ids_restore: jax.Array
+    mask: jax.Array
+
+
+def num_kept(num_tokens: int, mask_ratio: float) -> int:
+    """Number of visible tokens for a ratio; at least one token always stays visible."""
+    return max(1, int(round(num_tokens * (1.0 - mask_ratio))))
+
+
+def random_mask(rng: jax.Array, batch: int, num_tokens: int, mask_ratio: float) -> Mask:
+    """Draws an independent random mask for each of `batch` examples."""
+    keep = num_kept(num_tokens, mask_ratio)
+    noise = jax.random.uniform(rng, (batch, num_tokens))
+    ids_shuffle = jnp.argsort(noise, axis=1).astype(jnp.int32)
+    ids_restore = jnp.argsort(ids_shuffle, axis=1).astype(jnp.int32)
+    ids_keep = ids_shuffle[:, :keep]
+    # mask in shuffled order is [0]*keep + [1]*(N-keep); unshuffle it.
+    mask = (jnp.arange(num_tokens)[None, :] >= keep).astype(jnp.float32)
+    mask = jnp.take_along_axis(jnp.broadcast_to(mask, (batch, num_tokens)), ids_restore, axis=1)
+    return Mask(ids_keep, ids_restore, mask)
+
+
+def patchify(images: jax.Array, patch_size: int) -> jax.Array:
+    """`[B, H, W, C]` -> `[B, (H/p)*(W/p), p*p*C]`, patches row-major, pixels (row, col, chan)."""
+    b, h, w, c = images.shape
+    p = patch_size
+    x = images.reshape(b, h // p, p, w // p, p, c)
+    x = x.transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(patches: jax.Array, patch_size: int, grid_hw: tuple, channels: int = 3) -> jax.Array:
+    """Inverse of `patchify`: `[B, N, p*p*C]` -> `[B, H, W, C]`."""
+    b = patches.shape[0]
+    gh, gw = grid_hw
+    p = patch_size
+    x = patches.reshape(b, gh, gw, p, p, channels).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, gh * p, gw * p, channels)

@@ -1,0 +1,90 @@
+"""Config checks that run before anything is compiled, each naming the offending field."""
+import ml_collections
+
+from maeclip_jax.models.pooling import IMAGE_POOLINGS, TEXT_POOLINGS
+
+
+class ConfigError(ValueError):
+    """A config field holds a value that cannot work; the message names the field."""
+
+
+def _need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
+    """Raises ConfigError naming the field for any inconsistent setting."""
+    from maeclip_jax import models  # the registries
+    from maeclip_jax.data import pipeline
+    from maeclip_jax.models import layers
+
+    for field in ("seed", "total_steps", "batch_size", "input", "model", "optimizer", "loss"):
+        _need(field in config, f"config.{field} is missing")
+    m, icfg, lcfg = config.model, config.input, config.loss
+    _need(m.name in models.names(),
+          f"config.model.name={m.name!r} is not a known model; choose one of {models.names()}")
+    if icfg.source != "builtin":
+        _need(bool(icfg.get("data")),
+              f"config.input.data is empty: config.input.source={icfg.source!r} needs training "
+              "data. Point it at your shards, e.g. --config.input.data='/data/laion/{00000..09999}.tar' "
+              "(img2dataset output), or train on the built-in data with --config.input.source=builtin.")
+    _need(icfg.source in pipeline.source_names(),
+          f"config.input.source={icfg.source!r} is not a known data source; "
+          f"choose one of {pipeline.source_names()}")
+
+    _need(config.total_steps > 0, f"config.total_steps must be > 0, got {config.total_steps}")
+    _need(config.batch_size > 0, f"config.batch_size must be > 0, got {config.batch_size}")
+    _need(config.batch_size % num_devices == 0,
+          f"config.batch_size={config.batch_size} is not divisible by the number of devices "
+          f"({num_devices}); use a multiple of {num_devices}")
+    _need(config.batch_size % process_count == 0,
+          f"config.batch_size={config.batch_size} is not divisible by the number of processes "
+          f"({process_count})")
+
+    try:
+        image = layers.decode_variant(m.image.variant)
+    except ValueError as e:
+        raise ConfigError(f"config.model.image.variant: {e}") from None
+    patch = m.image.get("patch_size") or image.get("patch_size")
+    _need(patch is not None, f"config.model.image.variant={m.image.variant!r} has no patch size "
+          "(write e.g. 'B/16')")
+    _need(icfg.image_size % patch == 0,
+          f"config.model.image.variant={m.image.variant!r}: patch size {patch} does not divide "
+          f"config.input.image_size={icfg.image_size}")
+    _need(m.image.get("pooling", "gap") in IMAGE_POOLINGS,
+          f"config.model.image.pooling={m.image.get('pooling')!r}; choose one of {IMAGE_POOLINGS}")
+    _need(m.image.get("posemb", "sincos2d") in ("learn", "sincos2d"),
+          f"config.model.image.posemb={m.image.get('posemb')!r}; choose 'learn' or 'sincos2d'")
+    width = m.image.get("width") or image["width"]
+    heads = m.image.get("num_heads") or image["num_heads"]
+    _need(width % heads == 0, f"config.model.image: width {width} not divisible by num_heads {heads}")
+
+    has_text = m.name in ("clip", "maeclip", "m3ae")
+    has_decoder = m.name in ("mae", "maeclip", "m3ae")
+    if has_text:
+        _need(m.text.get("pooling", "eot") in TEXT_POOLINGS,
+              f"config.model.text.pooling={m.text.get('pooling')!r}; choose one of {TEXT_POOLINGS}")
+        try:
+            layers.decode_variant(m.text.variant)
+        except ValueError as e:
+            raise ConfigError(f"config.model.text.variant: {e}") from None
+        _need(icfg.max_text_len >= 2, f"config.input.max_text_len={icfg.max_text_len} must be >= 2")
+    if has_decoder:
+        _need(0.0 <= config.masking.ratio < 1.0,
+              f"config.masking.ratio={config.masking.ratio} must be in [0, 1)")
+        _need(m.decoder.width % 4 == 0,
+              f"config.model.decoder.width={m.decoder.width} must be divisible by 4 (2-D sin-cos)")
+
+    w_c, w_r = lcfg.get("contrastive", 0.0), lcfg.get("reconstruction", 0.0)
+    _need(w_c >= 0 and w_r >= 0, "config.loss weights must be >= 0")
+    _need(w_c == 0 or has_text,
+          f"config.loss.contrastive={w_c} but config.model.name={m.name!r} has no text tower")
+    _need(w_r == 0 or has_decoder,
+          f"config.loss.reconstruction={w_r} but config.model.name={m.name!r} has no decoder")
+    _need(w_c > 0 or w_r > 0, "config.loss: every loss weight is 0; nothing to train")
+
+    o = config.optimizer
+    _need(o.lr > 0, f"config.optimizer.lr must be > 0, got {o.lr}")
+    _need(0 <= o.warmup_steps, f"config.optimizer.warmup_steps must be >= 0, got {o.warmup_steps}")
+    _need(config.get("log_every_steps", 1) > 0, "config.log_every_steps must be > 0")

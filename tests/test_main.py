@@ -1,0 +1,80 @@
+"""End to end: the main job trains, evaluates, writes results, resumes, and stops on NaN."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, tiny_config
+from maeclip_jax import train
+
+
+def test_train_evaluate_then_rerun_reports_the_same_without_training(tmp_path, caplog):
+    config = tiny_config(total_steps=6, checkpoint_every_steps=3, log_every_steps=3)
+    res = train.train_and_evaluate(config, str(tmp_path))
+    on_disk = json.load(open(tmp_path / "results.json"))
+    assert on_disk["step"] == 6 and on_disk["config"] == "test"
+    for key in ("linear_probe/top1", "zero_shot/top1", "zero_shot/top5"):
+        assert 0.0 <= on_disk[key] <= 1.0
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "6"]
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path))
+
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        again = train.train_and_evaluate(config, str(tmp_path))
+    assert again == res
+    assert "compiled the train step" not in caplog.text  # nothing was trained again
+    assert "resumed from checkpoint at step 6" in caplog.text
+
+
+def test_eval_mode_needs_a_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train.train_and_evaluate(tiny_config(), str(tmp_path), mode="eval")
+
+
+def test_nan_loss_stops_naming_the_step_and_the_last_checkpoint(tmp_path):
+    config = tiny_config(total_steps=40, checkpoint_every_steps=2, log_every_steps=100)
+    config.optimizer.lr = 1e30
+    config.optimizer.clip_grad_norm = 0.0
+    config.optimizer.warmup_steps = 0
+    with pytest.raises(FloatingPointError, match=r"at step \d+.*Last good checkpoint: step") as e:
+        train.train_and_evaluate(config, str(tmp_path))
+    assert "nan" in str(e.value).lower() or "inf" in str(e.value).lower()
+
+
+MAIN_FLAGS = ["--config.total_steps=40", "--config.checkpoint_every_steps=4",
+              "--config.log_every_steps=4", "--config.batch_size=16",
+              "--config.input.image_size=32", "--config.model.image.variant=test/8",
+              "--config.model.text.variant=test", "--config.model.decoder.width=32",
+              "--config.model.decoder.mlp_dim=64", "--config.model.decoder.num_heads=2",
+              "--config.model.embed_dim=32", "--config.evals.linear_probe.num_examples=64",
+              "--config.evals.zero_shot.num_examples=32"]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_then_rerun_resumes(tmp_path):
+    cmd = [sys.executable, "-m", "maeclip_jax.main", f"--config={REPO}/configs/maeclip_tiny.py",
+           f"--workdir={tmp_path}"] + MAIN_FLAGS
+    env = dict(os.environ, XLA_FLAGS="", PYTHONPATH=REPO)
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    ckpts = tmp_path / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        done = [d for d in (os.listdir(ckpts) if ckpts.exists() else []) if d.isdigit()]
+        if done and max(map(int, done)) >= 8:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "results.json").exists(), "killed too late: training had finished"
+    out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resumed from checkpoint at step" in out.stderr
+    step = int(out.stderr.split("resumed from checkpoint at step ")[1].split()[0])
+    assert 8 <= step < 40
+    assert json.load(open(tmp_path / "results.json"))["step"] == 40
+    assert "zero_shot/top1" in out.stdout and "linear_probe/top1" in out.stdout

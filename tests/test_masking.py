@@ -1,0 +1,48 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from maeclip_jax import masking
+
+
+def test_each_example_keeps_exactly_k_patches():
+    m = masking.random_mask(jax.random.PRNGKey(0), 16, 49, 0.75)
+    k = masking.num_kept(49, 0.75)
+    assert k == 12
+    assert m.ids_keep.shape == (16, k)
+    np.testing.assert_array_equal(np.asarray(m.mask).sum(1), 49 - k)
+    for b in range(16):  # kept indices are distinct and exactly the unmasked positions
+        kept = np.asarray(m.ids_keep[b])
+        assert len(set(kept.tolist())) == k
+        np.testing.assert_array_equal(np.sort(kept), np.flatnonzero(np.asarray(m.mask[b]) == 0))
+
+
+def test_examples_get_different_masks():
+    m = np.asarray(masking.random_mask(jax.random.PRNGKey(1), 8, 64, 0.75).mask)
+    assert len({row.tobytes() for row in m}) == 8
+
+
+def test_restore_inverts_the_shuffle():
+    n, b = 20, 4
+    m = masking.random_mask(jax.random.PRNGKey(2), b, n, 0.5)
+    x = jnp.broadcast_to(jnp.arange(n)[None, :, None] * 10.0, (b, n, 3))
+    # Shuffle as the decoder sees it: kept tokens first, then the masked ones.
+    ids_shuffle = np.argsort(np.asarray(m.ids_restore), axis=1)
+    shuffled = jnp.take_along_axis(x, jnp.asarray(ids_shuffle)[..., None], axis=1)
+    np.testing.assert_array_equal(np.asarray(shuffled[:, : m.ids_keep.shape[1], 0]),
+                                  np.asarray(m.ids_keep) * 10.0)
+    restored = jnp.take_along_axis(shuffled, m.ids_restore[..., None], axis=1)
+    np.testing.assert_array_equal(np.asarray(restored), np.asarray(x))
+
+
+def test_patchify_matches_a_direct_loop_and_inverts():
+    rng = np.random.default_rng(0)
+    img = rng.normal(size=(2, 12, 8, 3)).astype(np.float32)
+    p = 4
+    patches = np.asarray(masking.patchify(jnp.asarray(img), p))
+    assert patches.shape == (2, 6, 48)
+    expected = np.stack([img[:, r * p:(r + 1) * p, c * p:(c + 1) * p].reshape(2, -1)
+                         for r in range(3) for c in range(2)], axis=1)
+    np.testing.assert_array_equal(patches, expected)
+    back = masking.unpatchify(jnp.asarray(patches), p, (3, 2))
+    np.testing.assert_array_equal(np.asarray(back), img)
