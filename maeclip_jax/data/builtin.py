@@ -22,11 +22,15 @@ COLOURS: Dict[str, tuple] = {
     "cyan": (40, 210, 220),
 }
 SHAPES: List[str] = ["circle", "square", "triangle", "cross"]
-SIZES: Dict[str, tuple] = {"small": (0.09, 0.13), "large": (0.17, 0.23)}  # radius / image size
+SIZES: Dict[str, tuple] = {"small": (0.11, 0.15), "large": (0.19, 0.25)}  # radius / image size
 
 COLOUR_NAMES = list(COLOURS)
 SIZE_NAMES = list(SIZES)
 MAX_OBJECTS = 3
+# P(1, 2, 3 objects) in training scenes. Single objects dominate so that, within a batch,
+# captions that share colours must be told apart by shape: with many multi-object scenes the
+# contrastive task is solved by colour and position alone and shape is never learned.
+OBJECT_COUNT_PROBS = (0.5, 0.3, 0.2)
 # Split ids keep the train and evaluation streams disjoint for any index.
 SPLITS = {"train": 0, "eval": 1}
 
@@ -97,7 +101,7 @@ def generate_scene(seed: int, split: str, index: int, image_size: int = 64) -> d
       num_objects `int32`, label `int32` (colour * len(SHAPES) + shape of the first object).
     """
     rng = np.random.default_rng([seed, SPLITS[split], index])
-    n_obj = 1 if split == "eval" else int(rng.integers(1, MAX_OBJECTS + 1))
+    n_obj = 1 if split == "eval" else 1 + int(rng.choice(MAX_OBJECTS, p=OBJECT_COUNT_PROBS))
     img = _background(rng, image_size)
     yy, xx = np.mgrid[0:image_size, 0:image_size].astype(np.float32) + 0.5
     masks = np.zeros((MAX_OBJECTS, image_size, image_size), bool)
