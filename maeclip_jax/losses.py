@@ -66,4 +66,6 @@ def masked_token_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.
     nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
     count = jnp.maximum(jnp.sum(mask), 1.0)
     correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-    return jnp.sum(nll * mask) / count, jnp.sum(correct * mask) / count
+    counted = mask > 0  # `where`, not a product: an unmasked position never reaches the sum
+    return (jnp.sum(jnp.where(counted, nll, 0.0)) / count,
+            jnp.sum(jnp.where(counted, correct, 0.0)) / count)
