@@ -13,7 +13,8 @@ linear probe per pooling) and writes `<out>.json` (every run's results and timin
 `<out>.md`. Every run uses `configs/<model>_cc12m.py:tiny` (the same model family and
 objectives as the paper-scale configs, ViT-mu/8 at 64 px) with only `total_steps`, `seed` and
 `model.image.pooling` changed, through `maeclip_jax.train.train_and_evaluate`. Finished runs in
-`--workdir` are re-evaluated, not retrained, so an interrupted table resumes.
+`--workdir` are read back (their results.json), so an interrupted table resumes, and seeds can
+run as separate processes (`--seeds=0`, `--seeds=1`) gathered by a final `--seeds=0,1`.
 """
 import argparse
 import json
@@ -43,6 +44,24 @@ def run_config(model: str, pooling: str, seed: int, steps: int, batch_size: int)
     c.log_every_steps = max(1, steps // 4)
     c.checkpoint_every_steps = steps
     return c
+
+
+def finished_run(run_dir: str, steps: int) -> tuple:
+    """(results, seconds) of a run already trained to `steps` and evaluated, else (None, None).
+
+    Lets an interrupted table resume, and lets seeds run as separate processes whose runs a
+    final call with every seed gathers (seconds is None if the run was not timed by us).
+    """
+    path = os.path.join(run_dir, "results.json")
+    if not os.path.exists(path):
+        return None, None
+    with open(path) as f:
+        res = json.load(f)
+    if res.get("step") != steps or "linear_probe/top1" not in res:
+        return None, None
+    timing = os.path.join(run_dir, "paper_table_run.json")
+    seconds = json.load(open(timing))["seconds"] if os.path.exists(timing) else None
+    return res, seconds
 
 
 def mean_std(values) -> tuple:
@@ -90,7 +109,10 @@ def markdown(agg: dict, models, poolings, meta: dict) -> str:
             a = agg[f"{m}/{p}"]
             lines.append(f"| {TITLES[m] if i == 0 else ''} | {p.upper()} | "
                          f"{fmt(a['zero_shot_top1'])} | {fmt(a['linear_probe_top1'])} |")
-    lines += ["", f"Total wall time {meta['total_seconds'] / 60:.1f} min on {meta['host']}."]
+    timed = [t for a in agg.values() for t in a["train_eval_seconds"] if t is not None]
+    if timed:
+        lines += ["", f"Train + evaluate time per run: mean {np.mean(timed):.0f} s over "
+                  f"{len(timed)} timed runs (sum {sum(timed) / 60:.0f} min) on {meta['host']}."]
     return "\n".join(lines)
 
 
@@ -126,9 +148,14 @@ def main(argv=None) -> int:
         for m in models:
             for p in poolings:
                 config = run_config(m, p, seed, args.steps, args.batch_size)
-                t0 = time.perf_counter()
-                res = train.train_and_evaluate(config, os.path.join(args.workdir, config.name))
-                dt = time.perf_counter() - t0
+                run_dir = os.path.join(args.workdir, config.name)
+                res, dt = finished_run(run_dir, args.steps)
+                if res is None:
+                    t0 = time.perf_counter()
+                    res = train.train_and_evaluate(config, run_dir)
+                    dt = time.perf_counter() - t0
+                    with open(os.path.join(run_dir, "paper_table_run.json"), "w") as f:
+                        json.dump({"seconds": dt}, f)
                 runs.append({"model": m, "pooling": p, "seed": seed, "seconds": dt,
                              "results": {k: v for k, v in res.items()
                                          if isinstance(v, (int, float))}})
@@ -136,7 +163,7 @@ def main(argv=None) -> int:
                 print(f"[{time.perf_counter() - t_start:7.0f}s] {config.name:>16}: "
                       f"linear_probe/top1={res['linear_probe/top1']:.3f}"
                       + (f" zero_shot/top1={zs:.3f}" if zs is not None else "")
-                      + f" ({dt:.0f}s)", flush=True)
+                      + (f" ({dt:.0f}s)" if dt is not None else " (cached)"), flush=True)
     meta = {"steps": args.steps, "batch_size": args.batch_size, "seeds": seeds,
             "total_seconds": time.perf_counter() - t_start,
             "host": f"{os.cpu_count()} CPU cores, {jax.devices()[0].device_kind}",
