@@ -73,6 +73,8 @@ def fmt(values) -> str:
     if not values:
         return "—"
     m, s = mean_std(values)
+    if len(values) == 1:
+        return f"{100 * m:.1f} (1 seed)"
     return f"{100 * m:.1f} ± {100 * s:.1f}"
 
 
