@@ -27,21 +27,27 @@ def base_config() -> ml_collections.ConfigDict:
     c.input.prefetch = 2
 
     c.model = ml_collections.ConfigDict()
-    c.model.name = "maeclip"      # clip | mae | maeclip
+    c.model.name = "maeclip"      # clip | mae | maeclip | m3ae
     c.model.image = ml_collections.ConfigDict(
         {"variant": "mu/8", "posemb": "sincos2d", "pooling": "gap"})
     c.model.text = ml_collections.ConfigDict(
         {"variant": "mu", "pooling": "eot", "vocab_size": None})  # vocab: from the tokenizer
     c.model.decoder = ml_collections.ConfigDict(
         {"width": 64, "depth": 1, "mlp_dim": 256, "num_heads": 4})
+    # MAE-CLIP's optional masked-text decoder (built only if loss.text_reconstruction > 0).
+    c.model.text_decoder = ml_collections.ConfigDict(
+        {"width": 64, "depth": 1, "mlp_dim": 256, "num_heads": 4})
     c.model.embed_dim = 128
     c.model.dtype = "float32"     # computation dtype; parameters stay float32
     c.model.remat = False
 
-    c.masking = ml_collections.ConfigDict({"ratio": 0.75})
+    # ratio: image patches; text_ratio: real text tokens (M3AE, MAE-CLIP text reconstruction).
+    c.masking = ml_collections.ConfigDict({"ratio": 0.75, "text_ratio": 0.75})
     # Objective name -> weight; the step sums the weighted terms.
+    # text_reconstruction: MAE-CLIP's optional masked-text loss, off by default (the paper's
+    # exact choice is not public). M3AE configs use {'m3ae': 1.0, 'm3ae_text_weight': 0.5}.
     c.loss = ml_collections.ConfigDict({"contrastive": 1.0, "reconstruction": 1.0,
-                                        "norm_pix": True})
+                                        "text_reconstruction": 0.0, "norm_pix": True})
 
     c.optimizer = ml_collections.ConfigDict(dict(
         lr=1e-3, warmup_steps=100, min_lr_ratio=0.0, b1=0.9, b2=0.98, eps=1e-6,

@@ -1,4 +1,5 @@
-"""Loss functions: symmetric contrastive (CLIP / InfoNCE) and masked-patch reconstruction."""
+"""Loss functions: symmetric contrastive (CLIP / InfoNCE), masked-patch reconstruction and
+masked-token cross-entropy."""
 import jax
 import jax.numpy as jnp
 
@@ -50,3 +51,21 @@ def reconstruction_loss(pred: jax.Array, target: jax.Array, mask: jax.Array) -> 
     """
     per_patch = jnp.mean(jnp.square(pred.astype(jnp.float32) - target), axis=-1)
     return jnp.sum(per_patch * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def masked_token_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> tuple:
+    """Cross-entropy averaged over the tokens where `mask` is 1 (masked, non-padding tokens).
+
+    Args:
+      logits: `[B, L, V]`; targets: `[B, L]` int ids; mask: `[B, L]` {0, 1}.
+
+    Returns:
+      (loss, accuracy): mean CE and top-1 accuracy over the counted tokens (0 if none).
+    """
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    count = jnp.maximum(jnp.sum(mask), 1.0)
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    counted = mask > 0  # `where`, not a product: an unmasked position never reaches the sum
+    return (jnp.sum(jnp.where(counted, nll, 0.0)) / count,
+            jnp.sum(jnp.where(counted, correct, 0.0)) / count)

@@ -1,4 +1,4 @@
-"""Per-example random masking of patch tokens, and patchify / unpatchify.
+"""Per-example random masking of patch tokens and of text tokens, and patchify / unpatchify.
 
 Masking follows MAE: uniform noise per patch, argsort, keep the first K. Each example gets its
 own mask; `ids_restore` inverts the shuffle so a decoder can put tokens back in place.
@@ -29,8 +29,13 @@ def num_kept(num_tokens: int, mask_ratio: float) -> int:
 
 def random_mask(rng: jax.Array, batch: int, num_tokens: int, mask_ratio: float) -> Mask:
     """Draws an independent random mask for each of `batch` examples."""
-    keep = num_kept(num_tokens, mask_ratio)
     noise = jax.random.uniform(rng, (batch, num_tokens))
+    return mask_from_noise(noise, num_kept(num_tokens, mask_ratio))
+
+
+def mask_from_noise(noise: jax.Array, keep: int) -> Mask:
+    """The mask keeping, in each row of `noise` `[B, N]`, the `keep` tokens of lowest noise."""
+    batch, num_tokens = noise.shape
     ids_shuffle = jnp.argsort(noise, axis=1).astype(jnp.int32)
     ids_restore = jnp.argsort(ids_shuffle, axis=1).astype(jnp.int32)
     ids_keep = ids_shuffle[:, :keep]
@@ -38,6 +43,50 @@ def random_mask(rng: jax.Array, batch: int, num_tokens: int, mask_ratio: float) 
     mask = (jnp.arange(num_tokens)[None, :] >= keep).astype(jnp.float32)
     mask = jnp.take_along_axis(jnp.broadcast_to(mask, (batch, num_tokens)), ids_restore, axis=1)
     return Mask(ids_keep, ids_restore, mask)
+
+
+class TextMask(NamedTuple):
+    """A batch of random masks over padded token sequences `[B, L]`.
+
+    Only real (non-padding) tokens are ever visible or masked: each example keeps exactly
+    `num_kept(n_valid, ratio)` of its `n_valid` real tokens visible (0 if it has none) and masks
+    the rest. The gather `ids_keep` has a fixed length K = num_kept(L, ratio) (so shapes are
+    static); its slots beyond an example's own count are flagged not `visible` and must be
+    treated as masked (no attention to them, a mask token in the decoder).
+
+    ids_keep: `[B, K]` int32, positions gathered for the encoder (visible ones first).
+    visible: `[B, K]` bool, whether each gathered slot is a visible real token.
+    ids_restore: `[B, L]` int32, the inverse permutation of the shuffle.
+    mask: `[B, L]` float32, 1 where a REAL token is masked (the loss targets), else 0.
+    valid: `[B, L]` bool, real (non-padding) tokens.
+    """
+
+    ids_keep: jax.Array
+    visible: jax.Array
+    ids_restore: jax.Array
+    mask: jax.Array
+    valid: jax.Array
+
+
+def random_text_mask(rng: jax.Array, tokens: jax.Array, mask_ratio: float,
+                     pad_id: int = 0) -> TextMask:
+    """Per-example random masking of token ids `[B, L]`; padding is never visible nor masked.
+
+    Padding gets noise above every real token's, so real tokens are gathered first; the same
+    rule as `random_mask` (uniform noise, argsort) picks which real tokens stay visible.
+    """
+    batch, length = tokens.shape
+    valid = tokens != pad_id
+    n_valid = jnp.sum(valid, axis=1)
+    keep_each = jnp.where(n_valid > 0, jnp.maximum(
+        1, jnp.round(n_valid * (1.0 - mask_ratio)).astype(jnp.int32)), 0)  # num_kept per row
+    noise = jax.random.uniform(rng, (batch, length)) + jnp.where(valid, 0.0, 2.0)
+    m = mask_from_noise(noise, num_kept(length, mask_ratio))
+    visible = jnp.arange(m.ids_keep.shape[1])[None, :] < keep_each[:, None]
+    # Rank of every position in the shuffle: visible iff rank < its row's keep count.
+    rank = m.ids_restore
+    masked = jnp.logical_and(valid, rank >= keep_each[:, None]).astype(jnp.float32)
+    return TextMask(m.ids_keep, visible, m.ids_restore, masked, valid)
 
 
 def patchify(images: jax.Array, patch_size: int) -> jax.Array:

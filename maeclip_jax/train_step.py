@@ -37,8 +37,7 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation,
     mask = None
     if getattr(model, "has_decoder", False):
         mask = masking.random_mask(jax.random.PRNGKey(0), b, model.num_patches, config.masking.ratio)
-    params = model.init(rng, images, tokens if getattr(model, "has_text", True) else None,
-                        mask)["params"]
+    params = model.init(rng, images, tokens, mask)["params"]  # image-only models ignore tokens
     return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
 
 

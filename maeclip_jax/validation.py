@@ -60,7 +60,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
     heads = m.image.get("num_heads") or image["num_heads"]
     _need(width % heads == 0, f"config.model.image: width {width} not divisible by num_heads {heads}")
 
-    has_text = m.name in ("clip", "maeclip", "m3ae")
+    has_text = m.name in ("clip", "maeclip")          # a text tower with an embedding
+    reads_text = has_text or m.name == "m3ae"         # text tokens are an input
     has_decoder = m.name in ("mae", "maeclip", "m3ae")
     if has_text:
         _need(m.text.get("pooling", "eot") in TEXT_POOLINGS,
@@ -69,6 +70,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
             layers.decode_variant(m.text.variant)
         except ValueError as e:
             raise ConfigError(f"config.model.text.variant: {e}") from None
+    if reads_text:
         _need(icfg.max_text_len >= 2, f"config.input.max_text_len={icfg.max_text_len} must be >= 2")
     if has_decoder:
         _need(0.0 <= config.masking.ratio < 1.0,
@@ -76,13 +78,32 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         _need(m.decoder.width % 4 == 0,
               f"config.model.decoder.width={m.decoder.width} must be divisible by 4 (2-D sin-cos)")
 
-    w_c, w_r = lcfg.get("contrastive", 0.0), lcfg.get("reconstruction", 0.0)
-    _need(w_c >= 0 and w_r >= 0, "config.loss weights must be >= 0")
-    _need(w_c == 0 or has_text,
-          f"config.loss.contrastive={w_c} but config.model.name={m.name!r} has no text tower")
-    _need(w_r == 0 or has_decoder,
-          f"config.loss.reconstruction={w_r} but config.model.name={m.name!r} has no decoder")
-    _need(w_c > 0 or w_r > 0, "config.loss: every loss weight is 0; nothing to train")
+    # Which objectives each model can train (objectives.py); every weight must be >= 0.
+    from maeclip_jax import objectives
+    trainable = {"clip": ("contrastive",), "mae": ("reconstruction",),
+                 "maeclip": ("contrastive", "reconstruction", "text_reconstruction"),
+                 "m3ae": ("m3ae",)}.get(m.name, tuple(objectives.names()))
+    weights = {k: lcfg[k] for k in lcfg.keys() if k in objectives.names()}
+    for k, w in sorted(weights.items()):
+        _need(w >= 0, f"config.loss.{k}={w}: loss weights must be >= 0")
+        why = {"contrastive": "has no text tower", "reconstruction": "has no decoder"}.get(
+            k, f"does not train it (it trains {list(trainable)})")
+        _need(w == 0 or k in trainable,
+              f"config.loss.{k}={w} but config.model.name={m.name!r} {why}")
+    _need(any(w > 0 for w in weights.values()), "config.loss: every loss weight is 0; nothing to train")
+    if weights.get("text_reconstruction", 0) > 0 or weights.get("m3ae", 0) > 0:
+        tr = config.masking.get("text_ratio")
+        _need(tr is not None and 0.0 <= tr < 1.0,
+              f"config.masking.text_ratio={tr} must be in [0, 1)")
+    if weights.get("text_reconstruction", 0) > 0:
+        _need("text_decoder" in m and m.text_decoder.width % m.text_decoder.num_heads == 0,
+              "config.model.text_decoder must be set (width divisible by num_heads) when "
+              "config.loss.text_reconstruction > 0")
+    for name, ev in (config.get("evals") or {}).items():
+        _need(ev.get("type", name) != "zero_shot" or has_text,
+              f"config.evals.{name}: zero-shot needs a text embedding and "
+              f"config.model.name={m.name!r} has none; zero-shot does not apply to this model "
+              f"(remove it, e.g. `del config.evals.{name}` in the config file)")
 
     o = config.optimizer
     _need(o.lr > 0, f"config.optimizer.lr must be > 0, got {o.lr}")

@@ -1,6 +1,7 @@
 """Model registry: `config.model.name` selects a builder; every builder returns a module with
-`encode_image`, (`encode_text`, `temperature_scale` where there is a text tower) and
-(`reconstruct_image` where there is a decoder).
+`encode_image` (the evaluators' image features: `pooled`, `tokens`), the flags `has_text` (a text
+embedding for zero-shot / retrieval: `encode_text`, `temperature_scale`) and `has_decoder`, and
+the passes its objectives call (`reconstruct_image`, `reconstruct_text`, M3AE's `reconstruct`).
 """
 from typing import Callable, Dict
 
@@ -9,6 +10,7 @@ import ml_collections
 
 from maeclip_jax.models import layers
 from maeclip_jax.models.image_text import ImageTextModel
+from maeclip_jax.models.m3ae import M3AE
 
 _BUILDERS: Dict[str, Callable] = {}
 
@@ -67,11 +69,30 @@ def _mae(config):
                           decoder=_decoder_kwargs(config.model), **_common(config))
 
 
+def _text_decoder_kwargs(config):
+    """The light text decoder exists only when text reconstruction is trained."""
+    if float(config.loss.get("text_reconstruction", 0.0)) <= 0:
+        return None
+    d = config.model.text_decoder
+    return dict(width=d.width, depth=d.depth, mlp_dim=d.mlp_dim, num_heads=d.num_heads)
+
+
 @register("maeclip")
 def _maeclip(config):
     return ImageTextModel(image=_image_kwargs(config.model),
                           text=_text_kwargs(config.model, config.input),
-                          decoder=_decoder_kwargs(config.model), **_common(config))
+                          decoder=_decoder_kwargs(config.model),
+                          text_decoder=_text_decoder_kwargs(config), **_common(config))
+
+
+@register("m3ae")
+def _m3ae(config):
+    common = _common(config)
+    return M3AE(image=_image_kwargs(config.model),
+                text=dict(vocab_size=config.model.text.vocab_size,
+                          max_len=config.input.max_text_len),
+                decoder=_decoder_kwargs(config.model), image_size=common["image_size"],
+                remat=common["remat"], dtype=common["dtype"])
 
 
 def build(config: ml_collections.ConfigDict):

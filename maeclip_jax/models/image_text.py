@@ -1,7 +1,8 @@
 """Two-tower image-text model covering CLIP, MAE and MAE-CLIP with one code path.
 
-Which parts exist is decided by two switches: `has_text` (text tower + projections +
-temperature, for the contrastive loss) and `has_decoder` (MAE pixel decoder). MAE has no text
+Which parts exist is decided by switches: `has_text` (text tower + projections +
+temperature, for the contrastive loss), `has_decoder` (MAE pixel decoder) and
+`has_text_decoder` (optional masked-text reconstruction through the same text tower). MAE has no text
 tower and no contrastive parameters; CLIP has no decoder; MAE-CLIP has both, and its masked
 pass runs the SAME image encoder parameters on the visible patches only.
 """
@@ -16,6 +17,7 @@ from maeclip_jax import masking
 from maeclip_jax.models import layers
 from maeclip_jax.models.mae_decoder import MAEDecoder
 from maeclip_jax.models.text import TextTransformer
+from maeclip_jax.models.text_decoder import TextDecoder
 from maeclip_jax.models.vit import ViT
 
 LOGIT_SCALE_INIT = math.log(1 / 0.07)
@@ -34,6 +36,8 @@ class ImageTextModel(nn.Module):
       image: ViT kwargs (patch_size, width, depth, mlp_dim, num_heads, posemb, pooling).
       text: TextTransformer kwargs, or None for an image-only model (MAE).
       decoder: MAEDecoder kwargs (width, depth, mlp_dim, num_heads), or None (CLIP).
+      text_decoder: TextDecoder kwargs for the optional masked-text reconstruction of MAE-CLIP
+        (width, depth, mlp_dim, num_heads), or None (the default: no text reconstruction).
       embed_dim: shared embedding size of the contrastive projections.
       image_size: input resolution (square), fixes the decoder's patch grid.
     """
@@ -43,6 +47,7 @@ class ImageTextModel(nn.Module):
     decoder: Optional[dict]
     embed_dim: int
     image_size: int
+    text_decoder: Optional[dict] = None
     remat: bool = False
     dtype: Any = jnp.float32
 
@@ -53,6 +58,10 @@ class ImageTextModel(nn.Module):
     @property
     def has_decoder(self) -> bool:
         return self.decoder is not None
+
+    @property
+    def has_text_decoder(self) -> bool:
+        return self.text_decoder is not None
 
     @property
     def grid_hw(self) -> tuple:
@@ -77,6 +86,10 @@ class ImageTextModel(nn.Module):
             p = self.image["patch_size"]
             self.image_decoder = MAEDecoder(grid_hw=self.grid_hw, patch_dim=p * p * 3,
                                             remat=self.remat, dtype=self.dtype, **self.decoder)
+        if self.has_text_decoder:
+            self.text_reconstruction_decoder = TextDecoder(
+                vocab_size=self.text["vocab_size"], remat=self.remat, dtype=self.dtype,
+                **self.text_decoder)
 
     # --- The interface every trainer and evaluator uses. ---
 
@@ -108,6 +121,13 @@ class ImageTextModel(nn.Module):
         return self.image_decoder(enc["tokens"], mask.ids_restore,
                                   has_cls=self.image_encoder.has_cls)
 
+    def reconstruct_text(self, tokens: jax.Array, text_mask: masking.TextMask) -> jax.Array:
+        """Masked text pass: the SAME text tower on the visible tokens, the light text decoder
+        -> logits `[B, L, vocab]`."""
+        enc = self.text_encoder(tokens, ids_keep=text_mask.ids_keep, visible=text_mask.visible)
+        return self.text_reconstruction_decoder(enc["tokens"], text_mask.ids_restore,
+                                                text_mask.visible, text_mask.valid)
+
     def __call__(self, images: jax.Array, tokens: Optional[jax.Array] = None,
                  mask: Optional[masking.Mask] = None) -> dict:
         """Runs every part once; used to initialise all parameters."""
@@ -117,4 +137,7 @@ class ImageTextModel(nn.Module):
             out["scale"] = self.temperature_scale()
         if self.has_decoder:
             out["pred"] = self.reconstruct_image(images, mask)
+        if self.has_text_decoder:
+            out["text_logits"] = self.reconstruct_text(
+                tokens, masking.random_text_mask(jax.random.PRNGKey(0), tokens, 0.5))
         return out

@@ -1,11 +1,34 @@
 """The light MAE decoder: encoder tokens + learned mask tokens -> pixels of every patch."""
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from maeclip_jax.models import layers
+
+
+def fill_masked(kept: jax.Array, ids_restore: jax.Array, mask_token: jax.Array,
+                visible: Optional[jax.Array] = None) -> jax.Array:
+    """Puts encoder outputs back in token order with a mask token everywhere else.
+
+    Args:
+      kept: `[B, K, W]` outputs for the gathered tokens (`ids_keep` order).
+      ids_restore: `[B, N]` inverse shuffle from `masking.random_mask` / `random_text_mask`.
+      mask_token: `[1, 1, W]`.
+      visible: optional `[B, K]` bool; gathered slots that were not visible also get the mask
+        token (text masks gather a fixed K but show fewer tokens for short captions).
+
+    Returns:
+      `[B, N, W]` in the original token order.
+    """
+    b, k, w = kept.shape
+    n = ids_restore.shape[1]
+    token = mask_token.astype(kept.dtype)
+    if visible is not None:
+        kept = jnp.where(visible[..., None], kept, token)
+    x = jnp.concatenate([kept, jnp.broadcast_to(token, (b, n - k, w))], axis=1)
+    return jnp.take_along_axis(x, ids_restore[..., None], axis=1)
 
 
 class MAEDecoder(nn.Module):
@@ -42,13 +65,9 @@ class MAEDecoder(nn.Module):
                      name="embed")(tokens)
         if has_cls:
             cls, x = x[:, :1], x[:, 1:]
-        b, k, _ = x.shape
-        n = ids_restore.shape[1]
         mask_token = self.param("mask_token", nn.initializers.normal(0.02), (1, 1, self.width),
                                 jnp.float32)
-        x = jnp.concatenate(
-            [x, jnp.broadcast_to(mask_token.astype(x.dtype), (b, n - k, self.width))], axis=1)
-        x = jnp.take_along_axis(x, ids_restore[..., None], axis=1)  # back to patch order
+        x = fill_masked(x, ids_restore, mask_token)
         x = x + layers.sincos_2d(*self.grid_hw, self.width)[None].astype(x.dtype)
         if has_cls:
             x = jnp.concatenate([cls, x], axis=1)

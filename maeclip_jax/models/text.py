@@ -1,5 +1,5 @@
 """Text tower: token + learned position embeddings, causal pre-LN transformer, pooling."""
-from typing import Any
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
@@ -29,14 +29,20 @@ class TextTransformer(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, tokens: jax.Array) -> dict:
-        """Encodes token ids.
+    def __call__(self, tokens: jax.Array, ids_keep: Optional[jax.Array] = None,
+                 visible: Optional[jax.Array] = None) -> dict:
+        """Encodes token ids, all of them or (masked pass) only a gathered visible subset.
 
         Args:
           tokens: `[B, L]` int32, padded with PAD_ID after the end-of-text token.
+          ids_keep, visible: optional `[B, K]` from `masking.random_text_mask`: encode only the
+            gathered positions, attending only to visible ones. Positions are embedded before
+            the gather, and causality follows the original positions, so the same parameters
+            serve both passes.
 
         Returns:
-          dict with `tokens` `[B, L, width]`, `pooled` `[B, width]`, `valid` `[B, L]` bool.
+          dict with `tokens` `[B, L or K, width]`, `valid` `[B, L or K]` bool, and (unmasked
+          pass only) `pooled` `[B, width]`.
         """
         b, length = tokens.shape
         if length > self.max_len:
@@ -47,6 +53,14 @@ class TextTransformer(nn.Module):
         pos = self.param("pos_embedding", nn.initializers.normal(0.01),
                          (1, self.max_len, self.width), jnp.float32)
         x = x + pos[:, :length].astype(self.dtype)
+        if ids_keep is not None:
+            x = jnp.take_along_axis(x, ids_keep[..., None], axis=1)
+            mask = visible[:, None, None, :]
+            if self.causal:  # query at position i sees keys at positions <= i
+                mask = jnp.logical_and(mask, ids_keep[:, None, :, None] >= ids_keep[:, None, None, :])
+            x = layers.Encoder(self.depth, self.mlp_dim, self.num_heads, remat=self.remat,
+                               dtype=self.dtype, name="encoder")(x, mask)
+            return {"tokens": x, "valid": visible}
         mask = valid[:, None, None, :]  # [B, 1, q, k]: padding keys are never attended to.
         if self.causal:
             mask = jnp.logical_and(mask, nn.make_causal_mask(tokens, dtype=bool))
