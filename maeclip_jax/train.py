@@ -127,6 +127,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if mode == "train" and step < config.total_steps:
         batch_spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh)
                       for k, v in input_spec(config).items()}
+        # The input starts now, so that its first batch is read while the step compiles.
+        batches = pipeline.train_iterator(config, tokenizer, step, batch_sh,
+                                          state_dir=os.path.join(workdir, "data_state"))
         t0 = time.perf_counter()
         compiled_step = training.step.lower(state, batch_spec).compile()
         # XLA reports per-device FLOPs of the partitioned program.
@@ -137,8 +140,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         n_peak = 1 if jax.devices()[0].platform == "cpu" else jax.device_count()
         logging.info("compiled the train step in %.1fs; %.3g FLOPs/step; peak %.3g FLOP/s (%s)",
                      time.perf_counter() - t0, flops_per_step, peak, peak_src)
-        batches = pipeline.train_iterator(config, tokenizer, step, batch_sh,
-                                          state_dir=os.path.join(workdir, "data_state"))
         state = train_loop(config, state, compiled_step, batches, ckpt, writer, evaluate,
                            flops_per_step, peak * n_peak, step)
         step = int(jax.device_get(state["step"]))

@@ -329,27 +329,30 @@ class HostBatches:
                         "the stream cannot continue exactly (delete the workdir to start over)")
                 self._ckpt.read(path).assert_consumed()
                 logging.info("data: restored the input position of step %d from %s", start_step, path)
-        self._first = True
+        # The first batch is fetched in the background from now on (overlapping the
+        # compilation of the train step), with a deadline: a stream that drops everything, or
+        # shards with other member names, must fail with a clear error instead of hanging.
+        self._started = time.monotonic()
+        self._first: Optional[queue.Queue] = queue.Queue()
+        threading.Thread(target=self._fetch_first, daemon=True).start()
+
+    def _fetch_first(self):
+        try:
+            self._first.put(("ok", next(self._it)))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            self._first.put(("error", e))
 
     def _save_step(self, step: int) -> bool:
         every = self.config.get("checkpoint_every_steps", 0)
         return step == self.config.total_steps or (every > 0 and step % every == 0)
 
     def _pull(self):
-        if not self._first:
+        if self._first is None:
             return next(self._it)
-        self._first = False
         timeout = self.config.input.get("first_batch_timeout_s", 300)
-        out = queue.Queue()
-
-        def get():
-            try:
-                out.put(("ok", next(self._it)))
-            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
-                out.put(("error", e))
-        threading.Thread(target=get, daemon=True).start()
         try:
-            kind, value = out.get(timeout=timeout)
+            kind, value = self._first.get(
+                timeout=max(0.0, timeout - (time.monotonic() - self._started)))
         except queue.Empty:
             describe = _DESCRIBE.get(self.config.input.source)
             what = describe(self.config.input) if describe else self.config.input.source
@@ -357,6 +360,7 @@ class HostBatches:
                 f"no training batch arrived within config.input.first_batch_timeout_s={timeout}s "
                 f"from config.input.source={self.config.input.source!r}: every example was "
                 f"dropped or nothing could be read. {what}") from None
+        self._first = None
         if kind == "error":
             raise value
         return value
