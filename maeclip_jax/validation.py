@@ -37,6 +37,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
           f"config.input.source={icfg.source!r} is not a known data source; "
           f"choose one of {pipeline.source_names()}")
     pipeline.check_data(icfg)  # patterns that match nothing fail here, named
+    _need(icfg.get("tokenizer") != "sentencepiece" or bool(icfg.get("tokenizer_model")),
+          "config.input.tokenizer_model is empty: config.input.tokenizer='sentencepiece' needs "
+          "a .model file (python -m maeclip_jax.tools.train_tokenizer --input=SHARDS --output=PREFIX)")
+    lo, hi = tuple(icfg.get("crop_scale", (0.2, 1.0)))
+    _need(0.0 < lo <= hi <= 1.0, f"config.input.crop_scale={(lo, hi)} must satisfy 0 < lo <= hi <= 1")
 
     _need(config.total_steps > 0, f"config.total_steps must be > 0, got {config.total_steps}")
     _need(config.batch_size > 0, f"config.batch_size must be > 0, got {config.batch_size}")

@@ -79,16 +79,63 @@ def shard_format(path: str, fmt: str = "auto") -> str:
 
 
 def _octal(field: tf.Tensor) -> tf.Tensor:
-    """uint8 [n] ASCII octal digits (terminated by NUL / space) -> int64."""
+    """uint8 [..., n] ASCII octal digits (leading spaces allowed, terminated by NUL / space)
+    -> int64 [...]."""
     d = tf.cast(field, tf.int64)
-    valid = tf.cast(tf.math.cumprod(tf.cast((d >= 48) & (d <= 55), tf.int64)), tf.bool)
-    n_valid = tf.reduce_sum(tf.cast(valid, tf.int64))
-    powers = tf.pow(tf.constant(8, tf.int64),
-                    tf.maximum(n_valid - 1 - tf.range(tf.size(d, tf.int64)), 0))
-    return tf.reduce_sum(tf.where(valid, (d - 48) * powers, 0))
+    digit = (d >= 48) & (d <= 55)
+    started = tf.cast(tf.math.cumsum(tf.cast(digit, tf.int64), axis=-1), tf.bool)
+    lead = tf.logical_not(started)  # leading spaces / zeros before the first digit
+    valid = tf.cast(tf.math.cumprod(tf.cast(digit | lead, tf.int64), axis=-1), tf.bool) & digit
+    n_valid = tf.reduce_sum(tf.cast(valid, tf.int64), axis=-1, keepdims=True)
+    rank = tf.math.cumsum(tf.cast(valid, tf.int64), axis=-1)  # 1.. over the digits
+    powers = tf.pow(tf.constant(8, tf.int64), tf.maximum(n_valid - rank, 0))
+    return tf.reduce_sum(tf.where(valid, (d - 48) * powers, 0), axis=-1)
+
+
+def _tar_index_vectorised(data: tf.Tensor):
+    """The fast path of `_tar_index`: every 512-byte block that carries the ustar magic and a
+    valid header checksum is a header; the headers must chain (each member's data ends where
+    the next header starts), which `consistent` reports. Same outputs as `_tar_index`, plus
+    `consistent` (False: use the header walk)."""
+    n = tf.cast(tf.strings.length(data), tf.int64)
+    nblocks = n // 512
+    raw = tf.reshape(tf.io.decode_raw(
+        tf.strings.substr(data, tf.constant(0, tf.int64), nblocks * 512), tf.uint8),
+                     [-1, 512])
+    magic = tf.constant(list(b"ustar"), tf.uint8)
+    cand = tf.where(tf.reduce_all(tf.equal(raw[:, 257:262], magic), axis=1))[:, 0]
+    hdr = tf.cast(tf.gather(raw, cand), tf.int64)
+    computed = tf.reduce_sum(hdr, 1) - tf.reduce_sum(hdr[:, 148:156], 1) + 8 * 32
+    is_hdr = tf.equal(computed, _octal(hdr[:, 148:156]))
+    pos, hdr = tf.boolean_mask(cand, is_hdr), tf.boolean_mask(hdr, is_hdr)
+    k = tf.size(pos, out_type=tf.int64)
+    size = _octal(hdr[:, 124:136])
+    nxt = pos + 1 + (size + 511) // 512  # block after the member's data
+    consistent = tf.reduce_all(tf.equal(nxt[:-1], pos[1:]))
+    last_next = tf.reduce_max(tf.concat([nxt, tf.zeros([1], tf.int64)], 0))
+    fits = (pos + 1) * 512 + size <= n  # the member's data is all there
+    # An archive that was closed properly ends with a zero block after the last member.
+    end_block = tf.gather(tf.concat([raw, tf.zeros([1, 512], tf.uint8)], 0),
+                          tf.minimum(last_next, nblocks))
+    closed = tf.logical_and(last_next < nblocks, tf.reduce_all(tf.equal(end_block, 0)))
+    truncated = tf.logical_and(k > 0, tf.logical_or(tf.logical_not(tf.reduce_all(fits)),
+                                                    tf.logical_not(closed)))
+    kind = hdr[:, 156]
+    keep = fits & (tf.equal(kind, 48) | tf.equal(kind, 0))
+    name_len = tf.argmin(tf.concat([hdr[:, :100], tf.zeros([k, 1], tf.int64)], 1), axis=1)
+    names = tf.strings.substr(data, pos * 512, name_len)
+    return (tf.boolean_mask(names, keep), tf.boolean_mask((pos + 1) * 512, keep),
+            tf.boolean_mask(size, keep), truncated, consistent)
 
 
 def _tar_index(data: tf.Tensor):
+    """(names, starts, sizes, truncated) of the archive: the vectorised scan when its headers
+    chain, else the header-by-header walk."""
+    fast = _tar_index_vectorised(data)
+    return tf.cond(fast[4], lambda: fast[:4], lambda: _tar_index_walk(data))
+
+
+def _tar_index_walk(data: tf.Tensor):
     """Walks the tar headers of `data` (the whole archive, a scalar string).
 
     Returns (names [m] string, starts [m] int64, sizes [m] int64, truncated bool): the regular
