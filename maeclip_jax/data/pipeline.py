@@ -8,9 +8,10 @@ many broken examples the source dropped just before this one), covering only thi
 share of the data.
 
 File sources share one path (`records_to_examples`): raw records -> seeded shuffle ->
-enumerate -> drop records that are broken or have an empty / non-UTF-8 caption -> parallel
-decode + random-resized-crop + flip (stateless, seeded by the example index) -> ignore_errors
-(a corrupt JPEG) -> a scan that counts the gaps in the enumeration = examples skipped.
+enumerate -> parallel decode + random-resized-crop + flip (stateless, seeded by the example
+index) -> ignore_errors (a corrupt JPEG, a record without image) -> drop records that are
+broken or have an empty / non-UTF-8 caption -> a scan that counts the gaps in the enumeration
+= examples skipped.
 
 Exact resume: the built-in source restarts by example index (start_step, from the checkpoint's
 step). File sources (and mixtures) checkpoint the tf.data iterator itself (tf.train.Checkpoint,
@@ -90,16 +91,20 @@ def records_to_examples(records: tf.data.Dataset, input_cfg: ml_collections.Conf
     buffer = input_cfg.get("shuffle_buffer", 10_000)
     if buffer > 1:
         records = records.shuffle(buffer, seed=seed + 1)
-    ds = records.enumerate().map(lambda i, r: dict(r, index=i))
-    ds = ds.filter(lambda r: tf.logical_and(r["ok"], valid_text(r["txt"])))
+    ds = records.enumerate()
 
-    def decode(r):
+    # One parallel map does all per-example work (fewer sequential tf.data stages); a broken
+    # record (no image: empty bytes) fails to decode and is dropped by ignore_errors, a bad
+    # caption is dropped by the filter; both leave a gap in the enumeration.
+    def decode(i, r):
         img = images.decode_crop_resize(
-            r["jpg"], size, tf.stack([tf.constant(seed, tf.int64), r["index"]]), scale, ratio, flip)
-        return {"image": img, "text": r["txt"], "index": r["index"]}
+            r["jpg"], size, tf.stack([tf.constant(seed, tf.int64), i]), scale, ratio, flip)
+        keep = tf.logical_and(r["ok"], valid_text(r["txt"]))
+        return {"image": img, "text": r["txt"], "index": i, "keep": keep}
 
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.ignore_errors()  # a corrupt / truncated image: dropped here, counted by the scan
+    ds = ds.filter(lambda ex: ex["keep"])
 
     def count_gaps(last, ex):
         return ex["index"], {"image": ex["image"], "text": ex["text"],
@@ -280,6 +285,7 @@ def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
     options = tf.data.Options()
     options.threading.private_threadpool_size = icfg.get("num_threads") or 0
     options.autotune.enabled = True
+    options.experimental_optimization.map_fusion = True
     return ds.with_options(options).prefetch(icfg.get("prefetch", 2))
 
 
