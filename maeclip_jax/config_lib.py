@@ -19,9 +19,24 @@ def base_config() -> ml_collections.ConfigDict:
     c.input = ml_collections.ConfigDict()
     c.input.source = "builtin"    # registry name, see maeclip_jax/data/pipeline.py
     c.input.data = ""             # files / dataset name, for sources that need them
+    # img2dataset: glob / brace patterns (';'-separated), local or gs://; format by extension.
+    c.input.format = "auto"       # img2dataset shards: auto | tar | tfrecord
+    c.input.split = "train"       # tfds: split; data_dir; keys ('/' for nested features)
+    c.input.data_dir = ""
+    c.input.image_key = "image"
+    c.input.text_key = "text"
+    c.input.mixture = ml_collections.ConfigDict()  # source=mixture: {name: {source, data, weight}}
+    c.input.shuffle_buffer = 10_000  # file sources: raw records; saved with the data position
+    c.input.shuffle_files = True  # file sources: a new seeded file order every epoch
+    c.input.cycle_length = 8      # file sources: shards read at once
+    c.input.crop_scale = (0.2, 1.0)  # file sources: random-resized-crop area (MAE: (0.2, 1))
+    c.input.crop_ratio = (3 / 4, 4 / 3)
+    c.input.flip = True
+    c.input.first_batch_timeout_s = 300  # fail, naming a shard, if no batch arrives by then
     c.input.image_size = 64
     c.input.max_text_len = 32
-    c.input.tokenizer = "builtin_words"
+    c.input.tokenizer = "builtin_words"  # or sentencepiece (+ tokenizer_model)
+    c.input.tokenizer_model = ""  # sentencepiece .model (python -m maeclip_jax.tools.train_tokenizer)
     c.input.mean = (0.5, 0.5, 0.5)  # pixels are normalised as (x / 255 - mean) / std on device
     c.input.std = (0.5, 0.5, 0.5)
     c.input.prefetch = 2

@@ -69,6 +69,9 @@ def paper_config(model: str, regime: str, arg=None) -> ml_collections.ConfigDict
     c.input.data = ""  # REQUIRED: glob / brace pattern of img2dataset .tar or .tfrecord shards
     c.input.image_size = 224
     c.input.max_text_len = 77
+    c.input.tokenizer = "sentencepiece"
+    c.input.tokenizer_model = ""  # REQUIRED: .model from python -m maeclip_jax.tools.train_tokenizer
+    c.input.crop_scale = (0.2, 1.0) if model in ("mae", "m3ae") else (0.4, 1.0)  # MAE's / CLIP-like
     c.input.mean = (0.48145466, 0.4578275, 0.40821073)  # CLIP's normalisation
     c.input.std = (0.26862954, 0.26130258, 0.27577711)
 

@@ -16,7 +16,7 @@ from clu import metric_writers
 from maeclip_jax import checkpoint, models, optim, perf, sharding, validation
 from maeclip_jax import evaluation
 from maeclip_jax.data import pipeline
-from maeclip_jax.data.tokenizer import get_tokenizer
+from maeclip_jax.data import tokenizer as tokenizers
 from maeclip_jax.train_step import init_state, input_spec, make_train_step
 
 
@@ -91,7 +91,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
 
     # 2.-3. Tokenizer, model, optimizer; shapes via eval_shape; shardings; the step.
-    tokenizer = get_tokenizer(config.input.tokenizer, config.input.max_text_len)
+    tokenizer = tokenizers.from_config(config.input)
     config = prepare_config(config, tokenizer)
     training = setup(config, mesh)
     model, state_sh = training.model, training.state_sharding
@@ -127,6 +127,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if mode == "train" and step < config.total_steps:
         batch_spec = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sh)
                       for k, v in input_spec(config).items()}
+        # The input starts now, so that its first batch is read while the step compiles.
+        batches = pipeline.train_iterator(config, tokenizer, step, batch_sh,
+                                          state_dir=os.path.join(workdir, "data_state"))
         t0 = time.perf_counter()
         compiled_step = training.step.lower(state, batch_spec).compile()
         # XLA reports per-device FLOPs of the partitioned program.
@@ -137,7 +140,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         n_peak = 1 if jax.devices()[0].platform == "cpu" else jax.device_count()
         logging.info("compiled the train step in %.1fs; %.3g FLOPs/step; peak %.3g FLOP/s (%s)",
                      time.perf_counter() - t0, flops_per_step, peak, peak_src)
-        batches = pipeline.train_iterator(config, tokenizer, step, batch_sh)
         state = train_loop(config, state, compiled_step, batches, ckpt, writer, evaluate,
                            flops_per_step, peak * n_peak, step)
         step = int(jax.device_get(state["step"]))
@@ -185,6 +187,8 @@ def train_loop(config, state, compiled_step, batches, ckpt, writer, evaluate,
                 "mfu": flops_per_step * ds / dt / peak_flops,
                 "eta_minutes": (total - step) * dt / ds / 60,
             })
+            if hasattr(batches, "metrics"):
+                scalars.update(batches.metrics())  # data/skipped: broken examples dropped
             writer.write_scalars(step, scalars)
             last_log_time, last_log_step = now, step
         if step == total or (ckpt.every_steps and step % ckpt.every_steps == 0):

@@ -24,7 +24,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
     m, icfg, lcfg = config.model, config.input, config.loss
     _need(m.name in models.names(),
           f"config.model.name={m.name!r} is not a known model; choose one of {models.names()}")
-    if icfg.source != "builtin":
+    if icfg.source == "mixture":
+        _need(bool(icfg.get("mixture")),
+              "config.input.mixture is empty: config.input.source='mixture' needs "
+              "{name: {source, data, weight}} entries")
+    elif icfg.source != "builtin":
         _need(bool(icfg.get("data")),
               f"config.input.data is empty: config.input.source={icfg.source!r} needs training "
               "data. Point it at your shards, e.g. --config.input.data='/data/laion/{00000..09999}.tar' "
@@ -32,6 +36,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
     _need(icfg.source in pipeline.source_names(),
           f"config.input.source={icfg.source!r} is not a known data source; "
           f"choose one of {pipeline.source_names()}")
+    pipeline.check_data(icfg)  # patterns that match nothing fail here, named
+    _need(icfg.get("tokenizer") != "sentencepiece" or bool(icfg.get("tokenizer_model")),
+          "config.input.tokenizer_model is empty: config.input.tokenizer='sentencepiece' needs "
+          "a .model file (python -m maeclip_jax.tools.train_tokenizer --input=SHARDS --output=PREFIX)")
+    lo, hi = tuple(icfg.get("crop_scale", (0.2, 1.0)))
+    _need(0.0 < lo <= hi <= 1.0, f"config.input.crop_scale={(lo, hi)} must satisfy 0 < lo <= hi <= 1")
 
     _need(config.total_steps > 0, f"config.total_steps must be > 0, got {config.total_steps}")
     _need(config.batch_size > 0, f"config.batch_size must be > 0, got {config.batch_size}")

@@ -1,61 +1,291 @@
 """tf.data -> per-process numpy batches -> global sharded jax.Arrays, with prefetch to device.
 
-Sources are registered by name (`config.input.source`). A source returns a tf.data stream of
-dicts with at least `image` (uint8 `[H, W, 3]` at the configured size) and `text` (string),
-covering only this process's share of the data, starting at a given example position so that
-a resumed run continues exactly where it stopped.
+Sources are registered by name (`config.input.source`): `builtin` (the synthetic dataset, no
+files), `img2dataset` (webdataset .tar or TFRecord shards), `tfds` (a TFDS dataset by name) and
+`mixture` (a weighted mixture of any of these). A source returns a tf.data stream of dicts with
+`image` (uint8 `[H, W, 3]` at the configured size), `text` (string) and `skipped` (int64: how
+many broken examples the source dropped just before this one), covering only this process's
+share of the data.
+
+File sources share one path (`records_to_examples`): raw records -> seeded shuffle ->
+enumerate -> parallel decode + random-resized-crop + flip (stateless, seeded by the example
+index) -> ignore_errors (a corrupt JPEG, a record without image) -> drop records that are
+broken or have an empty / non-UTF-8 caption -> a scan that counts the gaps in the enumeration
+= examples skipped.
+
+Exact resume: the built-in source restarts by example index (start_step, from the checkpoint's
+step). File sources (and mixtures) checkpoint the tf.data iterator itself (tf.train.Checkpoint,
+per process, in WORKDIR/data_state/process_P/step_S) at the moment the batch of each checkpoint
+step is pulled, so a run resumed at step S continues with batch S + 1 although the device
+prefetch had pulled further ahead. The saved state includes the shuffle buffer of raw records.
 """
 import collections
 import itertools
-from typing import Callable, Dict, Iterator
+import logging
+import os
+import queue
+import threading
+import time
+from typing import Callable, Dict, Iterator, List, Optional
 
 import jax
 import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from maeclip_jax.data import builtin
+from maeclip_jax.data import builtin, images, shards
+from maeclip_jax.data.shards import DataError
 from maeclip_jax.data.tokenizer import Tokenizer
 
 _SOURCES: Dict[str, Callable[..., tf.data.Dataset]] = {}
+_DESCRIBE: Dict[str, Callable[[ml_collections.ConfigDict], str]] = {}
 
 
-def register_source(name: str):
+def register_source(name: str, describe: Optional[Callable] = None):
+    """Registers `fn(input_cfg, seed, start) -> tf.data.Dataset` under `name`; `describe(cfg)`
+    (optional) says what the source's data holds, for the no-example-arrived error."""
     def wrap(fn):
         _SOURCES[name] = fn
+        if describe is not None:
+            _DESCRIBE[name] = describe
         return fn
     return wrap
-
-
-@register_source("builtin")
-def _builtin_source(input_cfg: ml_collections.ConfigDict, seed: int, start: int) -> tf.data.Dataset:
-    # Example n of this process is global example n * process_count + process_index, so the
-    # processes read disjoint streams and the position is one integer per process.
-    return builtin.dataset(seed, "train", input_cfg.image_size,
-                           start=start * jax.process_count() + jax.process_index(),
-                           stride=jax.process_count())
 
 
 def source_names() -> list:
     return sorted(_SOURCES)
 
 
+def _process_seed(seed: int) -> int:
+    return seed * 1_000_003 + jax.process_index()
+
+
+@register_source("builtin")
+def _builtin_source(input_cfg: ml_collections.ConfigDict, seed: int, start: int) -> tf.data.Dataset:
+    # Example n of this process is global example n * process_count + process_index, so the
+    # processes read disjoint streams and the position is one integer per process.
+    ds = builtin.dataset(seed, "train", input_cfg.image_size,
+                         start=start * jax.process_count() + jax.process_index(),
+                         stride=jax.process_count())
+    return ds.map(lambda ex: {"image": ex["image"], "text": ex["text"],
+                              "skipped": tf.constant(0, tf.int64)})
+
+
+# ----------------------------------------------------------------------------- file sources
+
+
+def valid_text(text: tf.Tensor) -> tf.Tensor:
+    """True for a caption that is valid UTF-8 and not blank."""
+    utf8 = tf.equal(tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace",
+                                                 replacement_char=0xFFFD), text)
+    return tf.logical_and(utf8, tf.strings.length(tf.strings.strip(text)) > 0)
+
+
+def records_to_examples(records: tf.data.Dataset, input_cfg: ml_collections.ConfigDict,
+                        seed: int) -> tf.data.Dataset:
+    """Raw records {jpg, txt, ok} -> {image uint8 [S, S, 3], text, skipped} (see module doc)."""
+    size = input_cfg.image_size
+    scale = tuple(input_cfg.get("crop_scale", (0.2, 1.0)))
+    ratio = tuple(input_cfg.get("crop_ratio", (3 / 4, 4 / 3)))
+    flip = bool(input_cfg.get("flip", True))
+    buffer = input_cfg.get("shuffle_buffer", 10_000)
+    if buffer > 1:
+        records = records.shuffle(buffer, seed=seed + 1)
+    ds = records.enumerate()
+
+    # One parallel map does all per-example work (fewer sequential tf.data stages); a broken
+    # record (no image: empty bytes) fails to decode and is dropped by ignore_errors, a bad
+    # caption is dropped by the filter; both leave a gap in the enumeration.
+    def decode(i, r):
+        img = images.decode_crop_resize(
+            r["jpg"], size, tf.stack([tf.constant(seed, tf.int64), i]), scale, ratio, flip)
+        keep = tf.logical_and(r["ok"], valid_text(r["txt"]))
+        return {"image": img, "text": r["txt"], "index": i, "keep": keep}
+
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.ignore_errors()  # a corrupt / truncated image: dropped here, counted by the scan
+    ds = ds.filter(lambda ex: ex["keep"])
+
+    def count_gaps(last, ex):
+        return ex["index"], {"image": ex["image"], "text": ex["text"],
+                             "skipped": ex["index"] - last - 1}
+    return ds.scan(tf.constant(-1, tf.int64), count_gaps)
+
+
+def _process_files(files: List[str], what: str) -> List[str]:
+    """This process's disjoint share of `files` (every process_count-th, from its index)."""
+    n, p = jax.process_count(), jax.process_index()
+    if len(files) < n:
+        raise DataError(f"{what}: {len(files)} files for {n} processes; every process needs at "
+                        "least one file (split the data into more shards)")
+    return files[p::n]
+
+
+def _img2dataset_files(input_cfg: ml_collections.ConfigDict):
+    files = shards.list_files(input_cfg.data)
+    fmts = {shards.shard_format(f, input_cfg.get("format", "auto")) for f in files}
+    if len(fmts) > 1:
+        raise DataError(f"config.input.data={input_cfg.data!r} mixes shard formats {sorted(fmts)}; "
+                        "use one source per format (config.input.source='mixture')")
+    return files, fmts.pop()
+
+
+def _describe_img2dataset(input_cfg: ml_collections.ConfigDict) -> str:
+    files, _ = _img2dataset_files(input_cfg)
+    return shards.describe_shard(_process_files(files, "config.input.data")[0])
+
+
+@register_source("img2dataset", describe=_describe_img2dataset)
+def _img2dataset_source(input_cfg: ml_collections.ConfigDict, seed: int,
+                        start: int) -> tf.data.Dataset:
+    """img2dataset shards (.tar or .tfrecord, by extension or config.input.format). Position:
+    the tf.data iterator checkpoint (start is unused)."""
+    del start
+    files, fmt = _img2dataset_files(input_cfg)
+    files = _process_files(files, f"config.input.data={input_cfg.data!r}")
+    pseed = _process_seed(seed)
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if input_cfg.get("shuffle_files", True):
+        ds = ds.shuffle(len(files), seed=pseed, reshuffle_each_iteration=True)
+    ds = ds.repeat()
+    ds = ds.interleave(shards.READERS[fmt], cycle_length=min(len(files), input_cfg.get("cycle_length", 8)),
+                       block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return records_to_examples(ds, input_cfg, pseed)
+
+
+def _tfds_fields(input_cfg):
+    return (input_cfg.get("image_key", "image"), input_cfg.get("text_key", "text"),
+            input_cfg.get("split", "train"))
+
+
+def _get_path(ex: dict, path: str):
+    if path in ex:  # a flat key that holds a '/' (e.g. 'image/filename')
+        return ex[path]
+    for part in path.split("/"):
+        if part not in ex:
+            raise DataError(f"config.input.text_key / image_key: {path!r} not in the TFDS "
+                            f"example; it holds {sorted(ex)}")
+        ex = ex[part]
+    return ex
+
+
+def _describe_tfds(input_cfg: ml_collections.ConfigDict) -> str:
+    import tensorflow_datasets as tfds
+    builder = tfds.builder(input_cfg.data, data_dir=input_cfg.get("data_dir") or None)
+    return f"TFDS {input_cfg.data!r} features: {builder.info.features}"
+
+
+@register_source("tfds", describe=_describe_tfds)
+def _tfds_source(input_cfg: ml_collections.ConfigDict, seed: int, start: int) -> tf.data.Dataset:
+    """A TFDS dataset by name (config.input.data), split, data_dir, image_key and text_key
+    ('/' for nested features; for a sequence of captions the first is used)."""
+    del start
+    import tensorflow_datasets as tfds
+    image_key, text_key, split = _tfds_fields(input_cfg)
+    builder = tfds.builder(input_cfg.data, data_dir=input_cfg.get("data_dir") or None)
+    pseed = _process_seed(seed)
+    read_config = tfds.ReadConfig(
+        shuffle_seed=pseed, input_context=tf.distribute.InputContext(
+            num_input_pipelines=jax.process_count(), input_pipeline_id=jax.process_index()))
+    decoders = {}
+    node = decoders
+    *parents, leaf = image_key.split("/")
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[leaf] = tfds.decode.SkipDecoding()  # keep the encoded bytes: decode + crop in one op
+    ds = builder.as_dataset(split=split, shuffle_files=True, read_config=read_config,
+                            decoders=decoders).repeat()
+
+    def to_record(ex):
+        txt = _get_path(ex, text_key)
+        if txt.shape.rank:  # a sequence of captions: the first (empty if none)
+            txt = tf.strings.reduce_join(txt[:1])
+        return {"jpg": _get_path(ex, image_key), "txt": txt, "key": tf.constant(""),
+                "ok": tf.constant(True)}
+    return records_to_examples(ds.map(to_record), input_cfg, pseed)
+
+
+def _mixture_parts(input_cfg: ml_collections.ConfigDict):
+    """(sub-config, weight) for each entry of config.input.mixture, a dict name -> dict with
+    `source`, `weight` and any config.input field to override (data, split, keys, ...)."""
+    mix = input_cfg.get("mixture")
+    if not mix:
+        raise DataError("config.input.source='mixture' needs config.input.mixture: "
+                        "{name: {source, data, weight, ...}}")
+    parts = []
+    for name in sorted(mix):
+        part = dict(mix[name])
+        weight = float(part.pop("weight", 1.0))
+        sub = ml_collections.ConfigDict(input_cfg.to_dict())
+        del sub["mixture"]
+        for k, v in part.items():
+            sub[k] = v
+        if sub.source in ("mixture",) or sub.source not in _SOURCES:
+            raise DataError(f"config.input.mixture.{name}.source={sub.source!r}; choose one of "
+                            f"{[s for s in source_names() if s != 'mixture']}")
+        if weight <= 0:
+            raise DataError(f"config.input.mixture.{name}.weight={weight} must be > 0")
+        parts.append((name, sub, weight))
+    return parts
+
+
+def _describe_mixture(input_cfg: ml_collections.ConfigDict) -> str:
+    out = []
+    for name, sub, _ in _mixture_parts(input_cfg):
+        d = _DESCRIBE.get(sub.source)
+        out.append(f"[{name}] " + (d(sub) if d else sub.source))
+    return "; ".join(out)
+
+
+@register_source("mixture", describe=_describe_mixture)
+def _mixture_source(input_cfg: ml_collections.ConfigDict, seed: int, start: int) -> tf.data.Dataset:
+    """Samples each example from one of config.input.mixture's sources with probability
+    proportional to its weight (seeded)."""
+    parts = _mixture_parts(input_cfg)
+    datasets = [_SOURCES[sub.source](sub, seed + 7919 * k, start)
+                for k, (_, sub, _) in enumerate(parts)]
+    weights = np.array([w for _, _, w in parts], np.float64)
+    return tf.data.Dataset.sample_from_datasets(datasets, list(weights / weights.sum()),
+                                                seed=_process_seed(seed) + 3)
+
+
+def check_data(input_cfg: ml_collections.ConfigDict) -> None:
+    """Start-up checks of the data files (before anything is compiled): every img2dataset
+    pattern must match files of one known format; raises DataError naming the pattern."""
+    if input_cfg.source == "img2dataset":
+        _img2dataset_files(input_cfg)
+    elif input_cfg.source == "mixture":
+        for _, sub, _ in _mixture_parts(input_cfg):
+            check_data(sub)
+
+
+def uses_iterator_checkpoint(input_cfg: ml_collections.ConfigDict) -> bool:
+    """Whether the data position lives in a tf.data iterator checkpoint (else: start index)."""
+    return input_cfg.source != "builtin"
+
+
+# ----------------------------------------------------------------------------- batches
+
+
 def train_dataset(config: ml_collections.ConfigDict, tokenizer: Tokenizer,
                   start_step: int) -> tf.data.Dataset:
-    """Per-process training batches: image uint8 `[b, H, W, 3]`, text int32 `[b, L]`."""
+    """Per-process training batches: image uint8 `[b, H, W, 3]`, text int32 `[b, L]`, skipped
+    int64 `[]` (broken examples dropped while filling this batch)."""
     icfg = config.input
     local_batch = config.batch_size // jax.process_count()
     name = icfg.source
     if name not in _SOURCES:
         raise ValueError(f"config.input.source={name!r} is not a known source; known: {source_names()}")
     ds = _SOURCES[name](icfg, config.seed, start=start_step * local_batch)
-    ds = ds.map(lambda ex: {"image": ex["image"], "text": ex["text"]})
+    ds = ds.map(lambda ex: {"image": ex["image"], "text": ex["text"], "skipped": ex["skipped"]})
     ds = ds.batch(local_batch, drop_remainder=True)
-    ds = ds.map(lambda ex: {"image": ex["image"], "text": tokenizer.tokenize(ex["text"])},
+    ds = ds.map(lambda ex: {"image": ex["image"], "text": tokenizer.tokenize(ex["text"]),
+                            "skipped": tf.reduce_sum(ex["skipped"])},
                 num_parallel_calls=tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.threading.private_threadpool_size = icfg.get("num_threads") or 0
     options.autotune.enabled = True
+    options.experimental_optimization.map_fusion = True
     return ds.with_options(options).prefetch(icfg.get("prefetch", 2))
 
 
@@ -67,17 +297,131 @@ def to_global_arrays(batch: dict, sharding: jax.sharding.Sharding) -> dict:
 def prefetch_to_device(batches: Iterator[dict], sharding: jax.sharding.Sharding,
                        size: int = 2) -> Iterator[dict]:
     """Keeps `size` batches in flight on the devices, so host-to-device copies overlap compute."""
-    queue = collections.deque()
+    queue_ = collections.deque()
     for batch in itertools.islice(batches, size):
-        queue.append(to_global_arrays(batch, sharding))
-    while queue:
-        yield queue.popleft()
+        queue_.append(to_global_arrays(batch, sharding))
+    while queue_:
+        yield queue_.popleft()
         for batch in itertools.islice(batches, 1):
-            queue.append(to_global_arrays(batch, sharding))
+            queue_.append(to_global_arrays(batch, sharding))
+
+
+def data_state_path(state_dir: str, step: int) -> str:
+    return os.path.join(state_dir, f"process_{jax.process_index()}", f"step_{step}")
+
+
+class HostBatches:
+    """This process's numpy batches, numbered by train step, with the data position saved at
+    checkpoint steps and a deadline on the first batch.
+
+    Yields dicts image uint8 `[b, H, W, 3]`, text int32 `[b, L]`; counts skipped examples.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, tokenizer: Tokenizer, start_step: int,
+                 state_dir: Optional[str] = None):
+        self.config, self.step = config, start_step
+        self.skipped = 0
+        self._ds = train_dataset(config, tokenizer, start_step)
+        self._it = iter(self._ds)
+        self._ckpt = None
+        self._state_dir = state_dir if (state_dir and uses_iterator_checkpoint(config.input)) else None
+        if self._state_dir:
+            self._ckpt = tf.train.Checkpoint(iterator=self._it)
+            path = data_state_path(self._state_dir, start_step)
+            if start_step > 0:
+                if not tf.io.gfile.exists(path + ".index"):
+                    raise DataError(
+                        f"resuming at step {start_step} but the data position {path} is missing; "
+                        "the stream cannot continue exactly (delete the workdir to start over)")
+                self._ckpt.read(path).assert_consumed()
+                logging.info("data: restored the input position of step %d from %s", start_step, path)
+        # The first batch is fetched in the background from now on (overlapping the
+        # compilation of the train step), with a deadline: a stream that drops everything, or
+        # shards with other member names, must fail with a clear error instead of hanging.
+        self._started = time.monotonic()
+        self._first: Optional[queue.Queue] = queue.Queue()
+        threading.Thread(target=self._fetch_first, daemon=True).start()
+
+    def _fetch_first(self):
+        try:
+            self._first.put(("ok", next(self._it)))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            self._first.put(("error", e))
+
+    def _save_step(self, step: int) -> bool:
+        every = self.config.get("checkpoint_every_steps", 0)
+        return step == self.config.total_steps or (every > 0 and step % every == 0)
+
+    def _pull(self):
+        if self._first is None:
+            return next(self._it)
+        timeout = self.config.input.get("first_batch_timeout_s", 300)
+        try:
+            kind, value = self._first.get(
+                timeout=max(0.0, timeout - (time.monotonic() - self._started)))
+        except queue.Empty:
+            describe = _DESCRIBE.get(self.config.input.source)
+            what = describe(self.config.input) if describe else self.config.input.source
+            raise DataError(
+                f"no training batch arrived within config.input.first_batch_timeout_s={timeout}s "
+                f"from config.input.source={self.config.input.source!r}: every example was "
+                f"dropped or nothing could be read. {what}") from None
+        self._first = None
+        if kind == "error":
+            raise value
+        return value
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        batch = self._pull()
+        self.step += 1
+        if self._state_dir and self._save_step(self.step):
+            self._save(self.step)
+        skipped = int(batch["skipped"])
+        if skipped:
+            self.skipped += skipped
+            logging.warning("data: skipped %d broken examples (total %d)", skipped, self.skipped)
+        return {"image": batch["image"].numpy(), "text": batch["text"].numpy()}
+
+    def _save(self, step: int) -> None:
+        t0 = time.perf_counter()
+        self._ckpt.write(data_state_path(self._state_dir, step))
+        logging.info("data: saved the input position of step %d (%.1fs)", step,
+                     time.perf_counter() - t0)
+        # Keep the states of the checkpoints orbax keeps (and one more).
+        keep = self.config.get("keep_checkpoints", 3) + 1
+        root = os.path.dirname(data_state_path(self._state_dir, step))
+        steps = sorted({int(f.split(".")[0][5:]) for f in tf.io.gfile.listdir(root)
+                        if f.startswith("step_")})
+        for old in steps[:-keep]:
+            for f in tf.io.gfile.glob(os.path.join(root, f"step_{old}.*")):
+                tf.io.gfile.remove(f)
+
+
+class DeviceBatches:
+    """Global batches on the devices (see prefetch_to_device) plus the data metrics."""
+
+    def __init__(self, host: HostBatches, sharding: jax.sharding.Sharding, size: int):
+        self.host = host
+        self._it = prefetch_to_device(host, sharding, size)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        return next(self._it)
+
+    def metrics(self) -> dict:
+        """Scalars to log: broken examples skipped so far by this process."""
+        return {"data/skipped": float(self.host.skipped)}
 
 
 def train_iterator(config: ml_collections.ConfigDict, tokenizer: Tokenizer, start_step: int,
-                   sharding: jax.sharding.Sharding) -> Iterator[dict]:
-    """Global training batches from `start_step` on, already on the devices."""
-    ds = train_dataset(config, tokenizer, start_step)
-    return prefetch_to_device(ds.as_numpy_iterator(), sharding, config.input.get("prefetch", 2))
+                   sharding: jax.sharding.Sharding,
+                   state_dir: Optional[str] = None) -> DeviceBatches:
+    """Global training batches from `start_step` on, already on the devices. With `state_dir`,
+    file sources save / restore their position there (see module docstring)."""
+    host = HostBatches(config, tokenizer, start_step, state_dir)
+    return DeviceBatches(host, sharding, config.input.get("prefetch", 2))

@@ -3,7 +3,8 @@ every evaluator.
 
 Normalisation (`normalize_text`): lower-case; every character outside [a-z0-9] becomes a space;
 runs of spaces collapse; leading/trailing spaces go. Token ids: 0 = padding, 1 = end-of-text,
-2 = unknown word; a sequence is the caption's tokens, truncated to max_len - 1, then one
+2 = unknown word (sentencepiece models trained by `python -m maeclip_jax.tools.train_tokenizer`
+use the same three ids: pad_id=0, eos_id=1, unk_id=2, no BOS); a sequence is the caption's tokens, truncated to max_len - 1, then one
 end-of-text token, then padding up to max_len. The text tower pools at that end-of-text token.
 """
 from typing import Callable, Dict, List, Sequence
@@ -67,6 +68,36 @@ class WordTokenizer(Tokenizer):
         return pad_with_eot(tf.ragged.map_flat_values(self._table.lookup, words), self.max_len)
 
 
+class SentencePieceTokenizer(Tokenizer):
+    """A sentencepiece subword model run inside tf.data through tensorflow-text.
+
+    The text is first put through the pinned `normalize_text` (the model is trained on text
+    normalised the same way), then split into pieces; ids 0/1/2 are pad/EOT/unknown as above.
+    """
+
+    def __init__(self, model_path: str, max_len: int):
+        import tensorflow_text as tf_text  # registers the sentencepiece ops
+        if not model_path:
+            raise ValueError("config.input.tokenizer='sentencepiece' needs "
+                             "config.input.tokenizer_model (a .model file written by "
+                             "python -m maeclip_jax.tools.train_tokenizer)")
+        if not tf.io.gfile.exists(model_path):
+            raise FileNotFoundError(f"config.input.tokenizer_model={model_path!r}: no such file")
+        with tf.io.gfile.GFile(model_path, "rb") as f:
+            proto = f.read()
+        self._sp = tf_text.SentencepieceTokenizer(model=proto, out_type=tf.int32)
+        self.vocab_size = int(self._sp.vocab_size())
+        self.max_len = max_len
+        ids = [int(self._sp.string_to_id(p)) for p in ("<pad>", "</s>", "<unk>")]
+        if ids != [PAD_ID, EOT_ID, UNK_ID]:
+            raise ValueError(f"sentencepiece model {model_path}: <pad>, </s>, <unk> have ids {ids}; "
+                             f"expected {[PAD_ID, EOT_ID, UNK_ID]} (train it with "
+                             "python -m maeclip_jax.tools.train_tokenizer)")
+
+    def tokenize_batch(self, texts: tf.Tensor) -> tf.Tensor:
+        return pad_with_eot(self._sp.tokenize(normalize_text(texts)), self.max_len)
+
+
 _FACTORIES: Dict[str, Callable[..., Tokenizer]] = {}
 
 
@@ -81,6 +112,17 @@ def register(name: str):
 def _builtin_words(max_len: int, **unused) -> Tokenizer:
     from maeclip_jax.data import builtin
     return WordTokenizer(builtin.VOCAB_WORDS, max_len)
+
+
+@register("sentencepiece")
+def _sentencepiece(max_len: int, model_path: str = "", **unused) -> Tokenizer:
+    return SentencePieceTokenizer(model_path, max_len)
+
+
+def from_config(input_cfg) -> Tokenizer:
+    """The tokenizer `config.input` asks for (name, max_text_len, tokenizer_model)."""
+    return get_tokenizer(input_cfg.tokenizer, input_cfg.max_text_len,
+                         model_path=input_cfg.get("tokenizer_model", ""))
 
 
 def get_tokenizer(name: str, max_len: int, **kwargs) -> Tokenizer:

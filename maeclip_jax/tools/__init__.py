@@ -1,0 +1,1 @@
+"""Command-line tools (python -m maeclip_jax.tools.NAME)."""
