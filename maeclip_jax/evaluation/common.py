@@ -61,3 +61,41 @@ def builtin_eval_split(seed: int, num_examples: int, image_size: int) -> dict:
     ds = builtin.dataset(seed, "eval", image_size, stop=num_examples).batch(num_examples)
     ex = next(ds.as_numpy_iterator())
     return {"image": ex["image"], "label": ex["label"]}
+
+
+# Evaluation scenes drawn like training scenes (1-3 objects, captions, masks, attributes) but
+# from a different seed: the built-in generator is a pure function of (seed, split, index), so a
+# seed no training run uses gives images no training run has seen.
+EVAL_SEED_OFFSET = 1_000_003
+
+
+@functools.lru_cache(maxsize=8)
+def builtin_scenes(seed: int, num_examples: int, image_size: int, offset: int = 0) -> dict:
+    """`num_examples` training-style scenes from seed `seed + EVAL_SEED_OFFSET + offset`.
+
+    Returns numpy: image `uint8 [N, H, W, 3]`, text (captions) `[N]` bytes, masks
+    `bool [N, 3, H, W]`, colour / shape / size `int32 [N, 3]` (-1 = no object), num_objects `[N]`.
+    """
+    from maeclip_jax.data import builtin
+    ds = builtin.dataset(seed + EVAL_SEED_OFFSET + offset, "train", image_size,
+                         stop=num_examples).batch(num_examples)
+    return next(ds.as_numpy_iterator())
+
+
+def capabilities(model, config: ml_collections.ConfigDict) -> dict:
+    """What the model's interface offers, found by abstract evaluation (no compute):
+    image_embedding, text_tokens, text_embedding (bools)."""
+    s = config.input.image_size
+    img = jax.ShapeDtypeStruct((1, s, s, 3), jnp.float32)
+    txt = jax.ShapeDtypeStruct((1, config.input.max_text_len), jnp.int32)
+    rng = jax.random.PRNGKey(0)
+
+    def keys(method, x):
+        try:
+            out, _ = jax.eval_shape(lambda v: model.init_with_output(rng, v, method=method), x)
+            return set(out)
+        except (ValueError, AttributeError, TypeError):
+            return set()
+    ik, tk = keys("encode_image", img), keys("encode_text", txt)
+    return {"image_embedding": "embedding" in ik, "text_tokens": "tokens" in tk,
+            "text_embedding": "embedding" in tk}
