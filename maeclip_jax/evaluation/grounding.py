@@ -2,8 +2,10 @@
 
 Two maps per (image, prompt), both on the patch grid:
 - GradCAM of the image-text similarity s = <image embedding, prompt embedding> with respect to
-  the output tokens A `[T, W]` of the image tower's last transformer block:
-  cam_t = relu(sum_c mean_t'(ds/dA_t'c) * A_tc). The activation is reached with
+  the output tokens A `[T, W]` of the image tower's last transformer block. weighting='token'
+  (default): cam_t = relu(sum_c ds/dA_tc * A_tc), each token weighted by its own gradient (a
+  ViT's tokens are positions, not shared feature maps); weighting='channel': the classic CNN
+  form, cam_t = relu(sum_c mean_t'(ds/dA_t'c) * A_tc). The activation is reached with
   flax.linen.intercept_methods (a zero perturbation added to that block's output; the gradient
   wrt the perturbation is ds/dA), so any model with `encode_image` / `encode_text` works; the
   block is the last module called under encode_image whose name starts with 'block', or
@@ -55,7 +57,7 @@ def last_block(model, params, images) -> tuple:
 
 
 def gradcam(model, params, images: jax.Array, text_emb: jax.Array, layer: Sequence[str],
-            act_shape: tuple) -> tuple:
+            act_shape: tuple, weighting: str = "token") -> tuple:
     """GradCAM of s_b = <image_emb_b, text_emb_b> wrt the output of module `layer`.
 
     Args:
@@ -80,8 +82,11 @@ def gradcam(model, params, images: jax.Array, text_emb: jax.Array, layer: Sequen
         return jnp.sum(enc["embedding"] * text_emb), (acts[0], enc["tokens"])
 
     grad, (act, tokens) = jax.grad(score, has_aux=True)(jnp.zeros(act_shape, jnp.float32))
-    weights = grad.mean(axis=1, keepdims=True)  # [B, 1, W]: channel importance
-    cam = jax.nn.relu(jnp.sum(weights * act, axis=-1))
+    if weighting == "channel":
+        grad = grad.mean(axis=1, keepdims=True)  # [B, 1, W]: one importance per channel
+    elif weighting != "token":
+        raise ValueError(f"gradcam weighting={weighting!r}: expected 'token' or 'channel'")
+    cam = jax.nn.relu(jnp.sum(grad * act, axis=-1))
     return cam, tokens
 
 
@@ -177,7 +182,8 @@ def save_png(path: str, array: np.ndarray) -> None:
 @evaluation.register("grounding")
 class Grounding:
     """Config: num_images (scenes; ~2 prompts each), batch_size, threshold (0.5), layer
-    (optional path), num_pictures (PNG overlays written to <workdir>/grounding/, 0 = none)."""
+    (optional path), weighting ('token' | 'channel'), num_pictures (PNG overlays written
+    to <workdir>/grounding/, 0 = none)."""
 
     requires = ("image_embedding", "text_embedding")
 
@@ -199,7 +205,8 @@ class Grounding:
             txt = model.apply({"params": params}, batch["text"], method="encode_text")["embedding"]
             txt = jax.lax.stop_gradient(txt)
             act = self._act_shape(params, imgs.shape, layer)
-            cam, tokens = gradcam(model, params, imgs, txt, layer, act)
+            cam, tokens = gradcam(model, params, imgs, txt, layer, act,
+                                  self.cfg.get("weighting", "token"))
             proj = model.apply({"params": params}, tokens,
                                method=lambda m, t: m.image_projection(t)).astype(jnp.float32)
             proj = proj / jnp.linalg.norm(proj, axis=-1, keepdims=True)
