@@ -127,11 +127,12 @@ def test_class_names_and_templates_from_files(tmp_path):
 # --- grounding ---
 
 class OnePatchModel(nn.Module):
-    """Score reads patch `k` only: 16 patches of 8x8x3, block0 = Dense, embedding = P a_k."""
+    """Score reads patch `k` only: 16 patches of 8x8x3, block0 = linear map (no bias),
+    embedding = P a_k."""
     k: int
 
     def setup(self):
-        self.block0 = nn.Dense(8)
+        self.block0 = nn.Dense(8, use_bias=False)
         self.proj = nn.Dense(4, use_bias=False)
 
     def encode_image(self, images):
@@ -141,19 +142,30 @@ class OnePatchModel(nn.Module):
         return {"tokens": a, "pooled": a[:, self.k], "embedding": self.proj(a[:, self.k])}
 
 
-@pytest.mark.parametrize("k", [0, 9, 14])
-def test_gradcam_peaks_at_the_patch_that_decides_the_score(k):
+def _patch(x, k, value):
+    r, c = divmod(k, 4)
+    return x.at[:, r * 8:(r + 1) * 8, c * 8:(c + 1) * 8].set(value)
+
+
+@pytest.mark.parametrize("k,distractor", [(0, 5), (9, 2), (14, 15)])
+def test_gradcam_peaks_at_the_patch_that_decides_the_score(k, distractor):
     model = OnePatchModel(k)
-    x = jax.random.normal(jax.random.PRNGKey(1), (3, 32, 32, 3))
+    x = 0.3 * jax.random.normal(jax.random.PRNGKey(1), (3, 32, 32, 3))
+    obj = jax.random.normal(jax.random.PRNGKey(2), (3, 8, 8, 3))
+    x = _patch(x, k, obj)
+    # A brighter patch the score never reads: an activation-only map would peak there.
+    x = _patch(x, distractor, -3.0 * obj)
     params = model.init(jax.random.PRNGKey(0), x, method="encode_image")["params"]
-    a = model.apply({"params": params}, x, method="encode_image")["tokens"]
-    # Prompt embedding along +P a_k, so the score's gradient times a_k is positive.
-    text = model.apply({"params": params}, x, method="encode_image")["embedding"]
+    enc = model.apply({"params": params}, x, method="encode_image")
+    a, text = enc["tokens"], enc["embedding"]  # prompt embedding along +P a_k
+    assert np.all(np.argmax(np.linalg.norm(a, axis=-1), 1) == distractor)
     assert grounding.last_block(model, params, x) == ("block0",)
-    cam, _ = grounding.gradcam(model, params, x, text, ("block0",), a.shape)
-    assert np.all(np.argmax(np.asarray(cam), 1) == k)
+    for weighting in ("channel", "token"):
+        cam, _ = grounding.gradcam(model, params, x, text, ("block0",), a.shape, weighting)
+        assert np.all(np.argmax(np.asarray(cam), 1) == k), weighting
+    # Token weighting: the gradient is zero off patch k, so is the map.
     assert np.all(np.asarray(cam)[:, np.arange(16) != k] == 0)
-    # Classic channel weighting against the analytic gradient: ds/da_k = P^T text, others 0.
+    # Channel weighting against the analytic gradient: ds/da_k = P^T text, others 0.
     cam_c, _ = grounding.gradcam(model, params, x, text, ("block0",), a.shape, "channel")
     g = np.einsum("wd,bd->bw", np.asarray(params["proj"]["kernel"]), np.asarray(text)) / 16
     np.testing.assert_allclose(cam_c, np.maximum(np.einsum("btw,bw->bt", a, g), 0), atol=1e-5)

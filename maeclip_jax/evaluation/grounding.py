@@ -2,10 +2,12 @@
 
 Two maps per (image, prompt), both on the patch grid:
 - GradCAM of the image-text similarity s = <image embedding, prompt embedding> with respect to
-  the output tokens A `[T, W]` of the image tower's last transformer block. weighting='token'
-  (default): cam_t = relu(sum_c ds/dA_tc * A_tc), each token weighted by its own gradient (a
-  ViT's tokens are positions, not shared feature maps); weighting='channel': the classic CNN
-  form, cam_t = relu(sum_c mean_t'(ds/dA_t'c) * A_tc). The activation is reached with
+  the output tokens A `[T, W]` of the image tower's last transformer block. weighting='channel'
+  (default, the classic form): cam_t = relu(sum_c mean_t'(ds/dA_t'c) * A_tc).
+  weighting='token': cam_t = relu(sum_c ds/dA_tc * A_tc), each token by its own gradient; this
+  vanishes identically when a LayerNorm follows the block (as the ViT's final norm does: a
+  scale-invariant function has zero derivative along its input), so use it only with `layer`
+  set to a block whose output feeds the score without a per-token norm. The activation is reached with
   flax.linen.intercept_methods (a zero perturbation added to that block's output; the gradient
   wrt the perturbation is ds/dA), so any model with `encode_image` / `encode_text` works; the
   block is the last module called under encode_image whose name starts with 'block', or
@@ -57,7 +59,7 @@ def last_block(model, params, images) -> tuple:
 
 
 def gradcam(model, params, images: jax.Array, text_emb: jax.Array, layer: Sequence[str],
-            act_shape: tuple, weighting: str = "token") -> tuple:
+            act_shape: tuple, weighting: str = "channel") -> tuple:
     """GradCAM of s_b = <image_emb_b, text_emb_b> wrt the output of module `layer`.
 
     Args:
@@ -100,7 +102,12 @@ def pointing_hits(maps: np.ndarray, masks: np.ndarray, k: int) -> np.ndarray:
     """
     q, gh, gw = maps.shape
     cells = patch_coverage(masks, gh, gw) > 0  # [Q, gh * gw]
-    top = np.argsort(-maps.reshape(q, -1), axis=1, kind="stable")[:, :k]
+    # Scores equal to 1e-5 of the map's range are ties, broken by position (stable sort), so
+    # float noise of a different device layout can't reorder near-equal cells.
+    flat = maps.reshape(q, -1).astype(np.float64)
+    lo, hi = flat.min(1, keepdims=True), flat.max(1, keepdims=True)
+    flat = np.round((flat - lo) / np.maximum(hi - lo, 1e-30), 5)
+    top = np.argsort(-flat, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(cells, top, axis=1).any(1)
 
 
@@ -182,7 +189,7 @@ def save_png(path: str, array: np.ndarray) -> None:
 @evaluation.register("grounding")
 class Grounding:
     """Config: num_images (scenes; ~2 prompts each), batch_size, threshold (0.5), layer
-    (optional path), weighting ('token' | 'channel'), num_pictures (PNG overlays written
+    (optional path), weighting ('channel' | 'token'), num_pictures (PNG overlays written
     to <workdir>/grounding/, 0 = none)."""
 
     requires = ("image_embedding", "text_embedding")
@@ -206,7 +213,7 @@ class Grounding:
             txt = jax.lax.stop_gradient(txt)
             act = self._act_shape(params, imgs.shape, layer)
             cam, tokens = gradcam(model, params, imgs, txt, layer, act,
-                                  self.cfg.get("weighting", "token"))
+                                  self.cfg.get("weighting", "channel"))
             proj = model.apply({"params": params}, tokens,
                                method=lambda m, t: m.image_projection(t)).astype(jnp.float32)
             proj = proj / jnp.linalg.norm(proj, axis=-1, keepdims=True)
