@@ -120,9 +120,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # 5. Evaluators.
     evaluators = evaluation.build_evaluators(config, model, tokenizer, mesh, workdir)
 
-    def evaluate(at_step: int) -> dict:
+    def evaluate(at_step: int, params) -> dict:
+        # params passed in: the train loop's state is donated each step, so a closure over
+        # `state` here would read deleted arrays.
         t0 = time.perf_counter()
-        res = evaluation.run_evaluators(evaluators, state["params"])
+        res = evaluation.run_evaluators(evaluators, params)
         writer.write_scalars(at_step, dict(res))  # written asynchronously: pass a copy
         logging.info("evaluation at step %d took %.1fs", at_step, time.perf_counter() - t0)
         return res
@@ -149,7 +151,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         step = int(jax.device_get(state["step"]))
 
     # 7. Final evaluation and results.
-    results = evaluate(step) if evaluators else {}
+    results = evaluate(step, state["params"]) if evaluators else {}
     results.update({"step": step, "config": config.get("name", "")})
     if evaluation.not_applicable(evaluators):
         results["not_applicable"] = evaluation.not_applicable(evaluators)
@@ -200,6 +202,6 @@ def train_loop(config, state, compiled_step, batches, ckpt, writer, evaluate,
             ckpt.maybe_save(step, state, {"step": step, "examples_per_process": step * local_batch,
                                           "config": config.get("name", "")}, force=step == total)
         if eval_every and step % eval_every == 0 and step != total:
-            evaluate(step)
+            evaluate(step, state["params"])
     ckpt.wait()
     return state

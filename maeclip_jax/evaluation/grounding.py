@@ -207,20 +207,24 @@ class Grounding:
         layer = (tuple(self.cfg.layer.split("/")) if self.cfg.get("layer")
                  else last_block(model, params, x0))
 
-        def fn(batch):
-            imgs = normalize_images(batch["image"], config)
-            txt = model.apply({"params": params}, batch["text"], method="encode_text")["embedding"]
-            txt = jax.lax.stop_gradient(txt)
-            act = self._act_shape(params, imgs.shape, layer)
-            cam, tokens = gradcam(model, params, imgs, txt, layer, act,
-                                  self.cfg.get("weighting", "channel"))
-            proj = model.apply({"params": params}, tokens,
-                               method=lambda m, t: m.image_projection(t)).astype(jnp.float32)
-            proj = proj / jnp.linalg.norm(proj, axis=-1, keepdims=True)
-            return {"cam": cam, "sim": jnp.einsum("btd,bd->bt", proj, txt)}
+        def make():
+            def fn(params, batch):
+                imgs = normalize_images(batch["image"], config)
+                txt = model.apply({"params": params}, batch["text"],
+                                  method="encode_text")["embedding"]
+                txt = jax.lax.stop_gradient(txt)
+                act = self._act_shape(params, imgs.shape, layer)
+                cam, tokens = gradcam(model, params, imgs, txt, layer, act,
+                                      self.cfg.get("weighting", "channel"))
+                proj = model.apply({"params": params}, tokens,
+                                   method=lambda m, t: m.image_projection(t)).astype(jnp.float32)
+                proj = proj / jnp.linalg.norm(proj, axis=-1, keepdims=True)
+                return {"cam": cam, "sim": jnp.einsum("btd,bd->bt", proj, txt)}
+            return fn
+        fn = common.cached_fn(f"grounding:{self.name}", model, config, make)
         out = common.batched_apply(fn, {"image": images,
                                         "text": self.tokenizer.tokenize_numpy(prompts)},
-                                   self.cfg.get("batch_size", 128), self.mesh)
+                                   self.cfg.get("batch_size", 128), self.mesh, params)
         g = s // models.tower_kwargs(config.model.image)["patch_size"]
         n = g * g
         # With a class token the tower's outputs hold it first: keep the patch tokens.

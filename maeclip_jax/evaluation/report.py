@@ -35,9 +35,10 @@ def markdown(results: dict, evals_config: dict, not_applicable: dict = None) -> 
     header = ["run", "step"]
     cells = [str(results.get("config", "")), str(results.get("step", ""))]
     groups = []
-    for name, cfg in evals_config.items():
-        kind = (cfg or {}).get("type", name)
-        for group, col, suffix, k in COLUMNS:
+    # Columns in the paper's order (COLUMNS), whatever the order of config.evals.
+    kinds = {name: (cfg or {}).get("type", name) for name, cfg in evals_config.items()}
+    for group, col, suffix, k in COLUMNS:
+        for name, kind in sorted(kinds.items(), key=lambda nk: nk[0] != nk[1]):
             key = f"{name}/{suffix}"
             if k != kind or (key not in results and name not in not_applicable):
                 continue

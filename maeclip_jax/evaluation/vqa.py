@@ -230,37 +230,13 @@ class VQA:
         # Test answers never seen in training can't be predicted: they count as wrong.
         y_test = np.array([a_id.get(a, -1) for a in test["answer"]], np.int32)
 
-        hcfg = dict(width=128, depth=2, num_heads=4, mlp_dim=512)
-        hcfg.update(cfg.get("head", {}) or {})
-        head = VQAHead(num_answers=len(answers), **hcfg)
-        logits_fn = self.logits_fn(head)
         steps, bs = cfg.get("steps", 300), cfg.get("batch_size", 64)
         dp = sharding.data_parallel_size(self.mesh)
         bs = max(dp, bs // dp * dp)
-        ocfg = ml_collections.ConfigDict(dict(
-            lr=cfg.get("lr", 3e-4), warmup_steps=cfg.get("warmup_steps", 30), min_lr_ratio=0.0,
-            b1=0.9, b2=0.999, eps=1e-8, weight_decay=cfg.get("weight_decay", 1e-4),
-            clip_grad_norm=1.0))
-        tx, _ = optim.make_optimizer(ocfg, steps)
-
-        repl, batch_sh = sharding.replicated(self.mesh), sharding.batch_sharding(self.mesh)
-        head_params = jax.jit(lambda: head.init(
-            jax.random.PRNGKey(self.config.seed + 5), jnp.zeros((1,) + self._img_tokens_shape(params)[1:]),
-            jnp.zeros((1,) + self._txt_tokens_shape(params)[1:]),
-            jnp.ones((1, self.config.input.max_text_len), bool))["params"], out_shardings=repl)()
-        p = {"towers": params, "head": head_params}
-        opt_state = jax.jit(tx.init, out_shardings=repl)(p)
-
-        def step(p, opt_state, batch):
-            def loss_fn(p):
-                logits = logits_fn(p, batch["image"], batch["question"])
-                return optax.softmax_cross_entropy_with_integer_labels(
-                    logits.astype(jnp.float32), batch["answer"]).mean()
-            loss, g = jax.value_and_grad(loss_fn)(p)
-            upd, opt_state = tx.update(g, opt_state, p)
-            return optax.apply_updates(p, upd), opt_state, loss
-        # Not donated: p holds the caller's (training state's) tower parameters.
-        step = jax.jit(step, in_shardings=(repl, repl, batch_sh), out_shardings=(repl, repl, repl))
+        fns = self._functions(len(answers), steps, params)
+        p = {"towers": params, "head": fns["init_head"]()}
+        opt_state = fns["init_opt"](p)
+        step, batch_sh = fns["step"], sharding.batch_sharding(self.mesh)
 
         # Same order on every host and for any device count: a numpy permutation stream.
         rng = np.random.default_rng([self.config.seed, 13])
@@ -276,9 +252,8 @@ class VQA:
         final_loss = float(jax.device_get(loss))
 
         pred = common.batched_apply(
-            lambda b: jnp.argmax(logits_fn(p, b["image"], b["question"]), -1),
-            {"image": test["image"], "question": test["question"]}, cfg.get("eval_batch_size", 256),
-            self.mesh)
+            fns["predict"], {"image": test["image"], "question": test["question"]},
+            cfg.get("eval_batch_size", 256), self.mesh, p)
         correct = pred == y_test
         types = np.array(test["type"])
         res = {"top1": float(correct.mean()), "train_loss": final_loss,
@@ -286,6 +261,51 @@ class VQA:
         for t in sorted(set(types)):
             res[f"top1_{t}"] = float(correct[types == t].mean())
         return {f"{self.name}/{k}": v for k, v in res.items()}
+
+    def _functions(self, num_answers: int, steps: int, params) -> dict:
+        """The jitted init / step / predict functions, built once per answer-vocabulary size so
+        that evaluations during training reuse their compilations."""
+        key = (num_answers, steps)
+        cache = self.__dict__.setdefault("_fns", {})
+        if key in cache:
+            return cache[key]
+        cfg = self.cfg
+        hcfg = dict(width=128, depth=2, num_heads=4, mlp_dim=512)
+        hcfg.update(cfg.get("head", {}) or {})
+        head = VQAHead(num_answers=num_answers, **hcfg)
+        logits_fn = self.logits_fn(head)
+        ocfg = ml_collections.ConfigDict(dict(
+            lr=cfg.get("lr", 3e-4), warmup_steps=cfg.get("warmup_steps", 30), min_lr_ratio=0.0,
+            b1=0.9, b2=0.999, eps=1e-8, weight_decay=cfg.get("weight_decay", 1e-4),
+            clip_grad_norm=1.0))
+        tx, _ = optim.make_optimizer(ocfg, steps)
+        repl, batch_sh = sharding.replicated(self.mesh), sharding.batch_sharding(self.mesh)
+        img_shape, txt_shape = self._img_tokens_shape(params), self._txt_tokens_shape(params)
+
+        def init_head():
+            return head.init(jax.random.PRNGKey(self.config.seed + 5),
+                             jnp.zeros((1,) + img_shape[1:]), jnp.zeros((1,) + txt_shape[1:]),
+                             jnp.ones((1, txt_shape[1]), bool))["params"]
+
+        def step(p, opt_state, batch):
+            def loss_fn(p):
+                logits = logits_fn(p, batch["image"], batch["question"])
+                return optax.softmax_cross_entropy_with_integer_labels(
+                    logits.astype(jnp.float32), batch["answer"]).mean()
+            loss, g = jax.value_and_grad(loss_fn)(p)
+            upd, opt_state = tx.update(g, opt_state, p)
+            return optax.apply_updates(p, upd), opt_state, loss
+
+        def predict(p, b):
+            return jnp.argmax(logits_fn(p, b["image"], b["question"]), -1)
+        cache[key] = {
+            "init_head": jax.jit(init_head, out_shardings=repl),
+            "init_opt": jax.jit(tx.init, out_shardings=repl),
+            # Not donated: p holds the caller's (training state's) tower parameters.
+            "step": jax.jit(step, in_shardings=(repl, repl, batch_sh),
+                            out_shardings=(repl, repl, repl)),
+            "predict": predict}
+        return cache[key]
 
     def _img_tokens_shape(self, params):
         s = self.config.input.image_size
