@@ -5,14 +5,20 @@ Command:
 
 It trains a ViT-mu/8 image tower (3 blocks, width 128) and a 3-block text tower on 64x64 synthetic
 scenes for a few minutes, logs the losses, then prints a table holding `linear_probe/top1` and
-`zero_shot/top1` on the built-in evaluation split (24 colour x shape classes; chance = 0.042).
+`zero_shot/top1` on the built-in evaluation split (24 colour x shape classes; chance = 0.042),
+retrieval recall@1/5/10 both ways (256 unseen scenes x 5 captions) and grounding (pointing game,
+zero-shot segmentation mIoU; PNG overlays in <workdir>/grounding/). It writes results.json and
+results.md (the paper's table layout) into the workdir.
 Re-running the same command with the same workdir resumes, or just re-evaluates a finished run.
+
+`--config=configs/maeclip_tiny.py:full` adds the heavier evaluators: the reported linear-probe
+protocol (logistic regression) and VQA fine-tuning on generated questions. Evaluate a finished
+run with them: `... --config=configs/maeclip_tiny.py:full --workdir=/tmp/maeclip_tiny --mode=eval`.
 """
 from maeclip_jax import config_lib
 
 
 def get_config(arg=None):
-    del arg
     c = config_lib.base_config()
     c.name = "maeclip_tiny"
     c.total_steps = 400
@@ -21,4 +27,13 @@ def get_config(arg=None):
     c.checkpoint_every_steps = 200
     c.optimizer.lr = 1e-3
     c.optimizer.warmup_steps = 40
+    c.evals.retrieval = dict(num_images=256, captions_per_image=5)
+    c.evals.grounding = dict(num_images=128, num_pictures=4)
+    if arg == "full":
+        c.evals.linear_probe_logistic = dict(type="linear_probe", protocol="logistic",
+                                             num_examples=2048)
+        c.evals.vqa = dict(num_train_images=2048, num_test_images=512, questions_per_image=3,
+                           steps=500, batch_size=64)
+    elif arg:
+        raise ValueError(f"configs/maeclip_tiny.py: unknown argument {arg!r}; use ':full' or none")
     return c

@@ -34,10 +34,16 @@ def prepare_config(config: ml_collections.ConfigDict, tokenizer) -> ml_collectio
     return config
 
 
-def write_results(workdir: str, results: dict) -> None:
+def write_results(workdir: str, results: dict, config=None) -> None:
+    """results.json, and results.md (the paper's table layout) when the config is given."""
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(results, f, indent=2, sort_keys=True)
+        if config is not None:
+            from maeclip_jax.evaluation import report
+            report.write_markdown(workdir, results, config.get("evals", {}).to_dict()
+                                  if config.get("evals") else {},
+                                  results.get("not_applicable"))
 
 
 def format_table(results: dict) -> str:
@@ -112,11 +118,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     step = int(jax.device_get(state["step"]))
 
     # 5. Evaluators.
-    evaluators = evaluation.build_evaluators(config, model, tokenizer, mesh)
+    evaluators = evaluation.build_evaluators(config, model, tokenizer, mesh, workdir)
 
-    def evaluate(at_step: int) -> dict:
+    def evaluate(at_step: int, params) -> dict:
+        # params passed in: the train loop's state is donated each step, so a closure over
+        # `state` here would read deleted arrays.
         t0 = time.perf_counter()
-        res = evaluation.run_evaluators(evaluators, state["params"])
+        res = evaluation.run_evaluators(evaluators, params)
         writer.write_scalars(at_step, dict(res))  # written asynchronously: pass a copy
         logging.info("evaluation at step %d took %.1fs", at_step, time.perf_counter() - t0)
         return res
@@ -145,9 +153,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         step = int(jax.device_get(state["step"]))
 
     # 7. Final evaluation and results.
-    results = evaluate(step) if evaluators else {}
+    results = evaluate(step, state["params"]) if evaluators else {}
     results.update({"step": step, "config": config.get("name", "")})
-    write_results(workdir, results)
+    if evaluation.not_applicable(evaluators):
+        results["not_applicable"] = evaluation.not_applicable(evaluators)
+    write_results(workdir, results, config)
     writer.flush()
     ckpt.close()
     return results
@@ -196,6 +206,6 @@ def train_loop(config, state, compiled_step, batches, ckpt, writer, evaluate,
             ckpt.maybe_save(step, state, {"step": step, "examples_per_process": step * local_batch,
                                           "config": config.get("name", "")}, force=step == total)
         if eval_every and step % eval_every == 0 and step != total:
-            evaluate(step)
+            evaluate(step, state["params"])
     ckpt.wait()
     return state

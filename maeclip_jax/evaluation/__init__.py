@@ -1,6 +1,13 @@
 """Evaluator registry: `config.evals.<name>` (with an optional `type`, defaulting to the name)
 selects and parameterises an evaluator. Every evaluator has `run(params) -> {metric: value}`
-with metric names prefixed by the evaluator's name."""
+with metric names prefixed by the evaluator's name.
+
+An evaluator class may declare `requires` (a tuple of `common.capabilities` keys, e.g.
+'text_embedding'). On a model lacking one (MAE has no text tower, M3AE no text embedding) it is
+replaced by a `NotApplicable` stand-in that logs why, returns no metrics, and shows as 'n/a' in
+results.md, so one config's eval list can serve every model.
+"""
+import logging
 from typing import Callable, Dict
 
 import ml_collections
@@ -19,20 +26,60 @@ def names() -> list:
     return sorted(_EVALUATORS)
 
 
-def build_evaluators(config: ml_collections.ConfigDict, model, tokenizer, mesh) -> dict:
-    """{name: evaluator} for every entry of `config.evals`."""
-    from maeclip_jax.evaluation import linear_probe, zero_shot  # noqa: F401 (registration)
-    out = {}
+class NotApplicable:
+    """Stands in for an evaluator the model cannot support."""
+
+    def __init__(self, name: str, reason: str):
+        self.name, self.reason = name, reason
+
+    def run(self, params) -> dict:
+        return {}
+
+
+def _register_all():
+    from maeclip_jax.evaluation import (grounding, linear_probe, retrieval, vqa,  # noqa: F401
+                                        zero_shot)
+
+
+def build_evaluators(config: ml_collections.ConfigDict, model, tokenizer, mesh,
+                     workdir: str = None) -> dict:
+    """{name: evaluator} for every entry of `config.evals`. `workdir` is where evaluators that
+    write files (grounding pictures) put them."""
+    from maeclip_jax.evaluation import common
+    _register_all()
+    out, caps = {}, None
     for name, cfg in (config.get("evals") or {}).items():
         kind = cfg.get("type", name)
         if kind not in _EVALUATORS:
             raise ValueError(f"config.evals.{name}: unknown evaluator type {kind!r}; known: {names()}")
-        out[name] = _EVALUATORS[kind](name, cfg, config, model, tokenizer, mesh)
+        cls = _EVALUATORS[kind]
+        if getattr(cls, "requires", ()):
+            caps = caps if caps is not None else common.capabilities(model, config)
+            missing = [r for r in cls.requires if not caps[r]]
+            if missing:
+                reason = (f"needs {' and '.join(missing)}, which model {config.model.name!r} "
+                          f"does not have")
+                logging.warning("config.evals.%s (%s) does not apply: %s; skipped", name, kind,
+                                reason)
+                out[name] = NotApplicable(name, reason)
+                continue
+        ev = cls(name, cfg, config, model, tokenizer, mesh)
+        ev.workdir = workdir
+        out[name] = ev
     return out
 
 
+def not_applicable(evaluators: dict) -> dict:
+    """{name: reason} of the evaluators skipped for this model."""
+    return {n: e.reason for n, e in evaluators.items() if isinstance(e, NotApplicable)}
+
+
 def run_evaluators(evaluators: dict, params) -> dict:
+    import time
     results = {}
-    for ev in evaluators.values():
+    for name, ev in evaluators.items():
+        t0 = time.perf_counter()
         results.update(ev.run(params))
+        if not isinstance(ev, NotApplicable):
+            logging.info("evaluator %s took %.1fs", name, time.perf_counter() - t0)
     return results
