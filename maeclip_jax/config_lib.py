@@ -15,6 +15,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = 0        # 0: evaluate only at the end
     c.peak_flops_per_device = None  # for MFU; None: by device kind (or a measured matmul on CPU)
     c.mesh = ml_collections.ConfigDict({"data": -1})  # axis name -> size (-1: the rest)
+    # Parameter / optimizer-state shardings (maeclip_jax/sharding.py): ordered (regex, spec)
+    # rules, None = sharding.DEFAULT_RULES (tensor parallel over `model`, FSDP over `fsdp`).
+    c.sharding = ml_collections.ConfigDict(
+        {"rules": None, "fsdp_axis": "fsdp", "fsdp_min_size": 2 ** 16})
 
     c.input = ml_collections.ConfigDict()
     c.input.source = "builtin"    # registry name, see maeclip_jax/data/pipeline.py
@@ -36,12 +40,16 @@ def base_config() -> ml_collections.ConfigDict:
         {"width": 64, "depth": 1, "mlp_dim": 256, "num_heads": 4})
     c.model.embed_dim = 128
     c.model.dtype = "float32"     # computation dtype; parameters stay float32
-    c.model.remat = False
+    c.model.remat = False         # False | True (= 'full') | 'full' | 'dots' | 'dots_no_batch'
+    c.model.scan_layers = False   # nn.scan over blocks (one compiled block; params stacked)
 
     c.masking = ml_collections.ConfigDict({"ratio": 0.75})
     # Objective name -> weight; the step sums the weighted terms.
     c.loss = ml_collections.ConfigDict({"contrastive": 1.0, "reconstruction": 1.0,
                                         "norm_pix": True})
+    # 'local': each device scores its own rows against the gathered other tower, in chunks
+    # (per-device memory flat in the device count); 'global': the whole B x B logits.
+    c.loss.contrastive_impl = "local"
 
     c.optimizer = ml_collections.ConfigDict(dict(
         lr=1e-3, warmup_steps=100, min_lr_ratio=0.0, b1=0.9, b2=0.98, eps=1e-6,
