@@ -14,7 +14,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.eval_every_steps = 0        # 0: evaluate only at the end
     c.peak_flops_per_device = None  # for MFU; None: by device kind (or a measured matmul on CPU)
-    c.mesh = ml_collections.ConfigDict({"data": -1})  # axis name -> size (-1: the rest)
+    # Axis name -> size (-1: the rest); see maeclip_jax/sharding.py. Size-1 axes cost nothing and
+    # can be set from the command line, e.g. --config.mesh.fsdp=8.
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1})
     # Parameter / optimizer-state shardings (maeclip_jax/sharding.py): ordered (regex, spec)
     # rules, None = sharding.DEFAULT_RULES (tensor parallel over `model`, FSDP over `fsdp`).
     c.sharding = ml_collections.ConfigDict(
