@@ -86,3 +86,15 @@ def test_maeclip_on_a_data_fsdp_model_mesh_steps_like_one_device():
 @pytest.mark.parametrize("name", models.names())
 def test_meshes_give_the_same_step_as_one_device(name):
     check_meshes(name, MESHES)
+
+
+@pytest.mark.slow
+def test_bfloat16_compute_keeps_float32_params_and_close_losses():
+    config = config_for("maeclip")
+    m32, p32, _ = run_two_steps(config, {"data": 2, "fsdp": 2, "model": 2}, jax.devices())
+    config.model.dtype = "bfloat16"
+    config.model.remat = "dots"
+    m16, p16, _ = run_two_steps(config, {"data": 2, "fsdp": 2, "model": 2}, jax.devices())
+    assert all(x.dtype == np.float32 for x in jax.tree.leaves(p16))
+    for k in ("loss/contrastive", "loss/reconstruction"):
+        np.testing.assert_allclose(m16[k], m32[k], rtol=3e-2, err_msg=k)
