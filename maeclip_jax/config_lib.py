@@ -14,7 +14,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.eval_every_steps = 0        # 0: evaluate only at the end
     c.peak_flops_per_device = None  # for MFU; None: by device kind (or a measured matmul on CPU)
-    c.mesh = ml_collections.ConfigDict({"data": -1})  # axis name -> size (-1: the rest)
+    # Axis name -> size (-1: the rest); see maeclip_jax/sharding.py. Size-1 axes cost nothing and
+    # can be set from the command line, e.g. --config.mesh.fsdp=8.
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1})
+    # Parameter / optimizer-state shardings (maeclip_jax/sharding.py): ordered (regex, spec)
+    # rules, None = sharding.DEFAULT_RULES (tensor parallel over `model`, FSDP over `fsdp`).
+    c.sharding = ml_collections.ConfigDict(
+        {"rules": None, "fsdp_axis": "fsdp", "fsdp_min_size": 2 ** 16})
 
     c.input = ml_collections.ConfigDict()
     c.input.source = "builtin"    # registry name, see maeclip_jax/data/pipeline.py
@@ -54,7 +60,8 @@ def base_config() -> ml_collections.ConfigDict:
         {"width": 64, "depth": 1, "mlp_dim": 256, "num_heads": 4})
     c.model.embed_dim = 128
     c.model.dtype = "float32"     # computation dtype; parameters stay float32
-    c.model.remat = False
+    c.model.remat = False         # False | True (= 'full') | 'full' | 'dots' | 'dots_no_batch'
+    c.model.scan_layers = False   # nn.scan over blocks (one compiled block; params stacked)
 
     # ratio: image patches; text_ratio: real text tokens (M3AE, MAE-CLIP text reconstruction).
     c.masking = ml_collections.ConfigDict({"ratio": 0.75, "text_ratio": 0.75})
@@ -63,6 +70,9 @@ def base_config() -> ml_collections.ConfigDict:
     # exact choice is not public). M3AE configs use {'m3ae': 1.0, 'm3ae_text_weight': 0.5}.
     c.loss = ml_collections.ConfigDict({"contrastive": 1.0, "reconstruction": 1.0,
                                         "text_reconstruction": 0.0, "norm_pix": True})
+    # 'local': each device scores its own rows against the gathered other tower, in chunks
+    # (per-device memory flat in the device count); 'global': the whole B x B logits.
+    c.loss.contrastive_impl = "local"
 
     c.optimizer = ml_collections.ConfigDict(dict(
         lr=1e-3, warmup_steps=100, min_lr_ratio=0.0, b1=0.9, b2=0.98, eps=1e-6,

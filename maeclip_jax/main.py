@@ -15,7 +15,29 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and res
 flags.DEFINE_enum("mode", "train", ["train", "eval"],
                   "train: train to total_steps (resuming), then evaluate. "
                   "eval: evaluate the latest checkpoint in --workdir.")
+flags.DEFINE_bool("distributed", bool(os.environ.get("MAECLIP_DISTRIBUTED")),
+                  "Multi-host: call jax.distributed.initialize. Without the flags below it "
+                  "detects the cluster itself (Cloud TPU VMs, SLURM). Env: MAECLIP_DISTRIBUTED=1.")
+flags.DEFINE_string("coordinator_address", os.environ.get("MAECLIP_COORDINATOR_ADDRESS"),
+                    "host:port of process 0 (implies --distributed). Env: "
+                    "MAECLIP_COORDINATOR_ADDRESS.")
+flags.DEFINE_integer("num_processes", int(os.environ.get("MAECLIP_NUM_PROCESSES", 0)) or None,
+                     "Number of processes. Env: MAECLIP_NUM_PROCESSES.")
+flags.DEFINE_integer("process_id", int(os.environ.get("MAECLIP_PROCESS_ID", -1)),
+                     "This process's index. Env: MAECLIP_PROCESS_ID.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def initialize_distributed(jax) -> None:
+    """jax.distributed.initialize from the flags (before any other JAX call touches devices).
+    On CPU the processes talk over gloo (how the multi-process tests run on 127.0.0.1)."""
+    f = flags.FLAGS
+    if not (f.distributed or f.coordinator_address):
+        return
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=f.coordinator_address,
+                               num_processes=f.num_processes,
+                               process_id=None if f.process_id < 0 else f.process_id)
 
 
 class _QuietLibraries:
@@ -33,6 +55,7 @@ def main(argv):
     import tensorflow as tf
     # tf.data runs on the host only: keep TensorFlow off any accelerator JAX uses.
     tf.config.set_visible_devices([], "GPU")
+    initialize_distributed(jax)
     from maeclip_jax import train
 
     logging.info("JAX %s: %d processes, %d devices (%s)", jax.__version__, jax.process_count(),

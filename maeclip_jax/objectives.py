@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from maeclip_jax import losses, masking
+from maeclip_jax import losses, masking, sharding
 
 # fn(model, variables, batch, rng, config) -> (loss, metrics)
 Objective = Callable[..., tuple]
@@ -37,12 +37,21 @@ def names() -> list:
 @register("contrastive")
 def contrastive(model, variables, batch: dict, rng: jax.Array,
                 config: ml_collections.ConfigDict) -> tuple:
-    """Unmasked pass of both towers -> symmetric InfoNCE over the global batch."""
-    del rng, config
+    """Unmasked pass of both towers -> symmetric InfoNCE over the global batch.
+
+    With a mesh set while tracing (the train step sets it) and config.loss.contrastive_impl
+    'local', every device scores only its own rows (losses.contrastive_loss_sharded)."""
+    del rng
     img = model.apply(variables, batch["image"], method="encode_image")
     txt = model.apply(variables, batch["text"], method="encode_text")
     scale = model.apply(variables, method="temperature_scale")
-    loss, metrics = losses.contrastive_loss(img["embedding"], txt["embedding"], scale)
+    mesh = jax.sharding.get_abstract_mesh()
+    axes = () if mesh.empty else tuple(a for a in mesh.axis_names if a in sharding.BATCH_AXES)
+    if config.loss.get("contrastive_impl", "local") == "local" and axes:
+        loss, metrics = losses.contrastive_loss_sharded(img["embedding"], txt["embedding"],
+                                                        scale, mesh, axes)
+    else:
+        loss, metrics = losses.contrastive_loss(img["embedding"], txt["embedding"], scale)
     metrics["temperature_scale"] = scale
     return loss, metrics
 

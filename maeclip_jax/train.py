@@ -74,9 +74,18 @@ def setup(config: ml_collections.ConfigDict, mesh) -> Training:
     init_fn = functools.partial(init_state, model, tx, config)
     state_shapes = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
     repl = sharding.replicated(mesh)
-    state_sh = jax.tree.map(lambda _: repl, state_shapes)
+    # Params and optimizer state by config.sharding's regex rules (FSDP / tensor parallel);
+    # created directly sharded by the jitted init, never whole on one device.
+    state_sh = sharding.state_shardings(state_shapes, mesh, config.get("sharding"))
     init = jax.jit(init_fn, out_shardings=state_sh)
-    step = jax.jit(make_train_step(model, tx, schedule, config),
+    raw_step = make_train_step(model, tx, schedule, config)
+
+    def step_fn(state, batch):
+        # Traced with the mesh set: activation constraints and the sharded contrastive loss.
+        with sharding.activation_context(mesh):
+            return raw_step(state, batch)
+
+    step = jax.jit(step_fn,
                    in_shardings=(state_sh, sharding.batch_sharding(mesh)),
                    out_shardings=(state_sh, repl), donate_argnums=(0,))
     return Training(config, model, tx, schedule, state_shapes, state_sh, init, step)

@@ -115,7 +115,40 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
               f"config.model.name={m.name!r} has none; zero-shot does not apply to this model "
               f"(remove it, e.g. `del config.evals.{name}` in the config file)")
 
+    _need(lcfg.get("contrastive_impl", "local") in ("local", "global"),
+          f"config.loss.contrastive_impl={lcfg.get('contrastive_impl')!r}; choose 'local' or 'global'")
+    _validate_scale_out(config)
+
     o = config.optimizer
     _need(o.lr > 0, f"config.optimizer.lr must be > 0, got {o.lr}")
     _need(0 <= o.warmup_steps, f"config.optimizer.warmup_steps must be >= 0, got {o.warmup_steps}")
     _need(config.get("log_every_steps", 1) > 0, "config.log_every_steps must be > 0")
+
+
+def _validate_scale_out(config: ml_collections.ConfigDict) -> None:
+    """Mesh axis names, sharding rules and remat policy (maeclip_jax/sharding.py, layers.py)."""
+    import re
+
+    from maeclip_jax import sharding
+    from maeclip_jax.models import layers
+    for axis, size in config.get("mesh", {}).items():
+        _need(axis in sharding.MESH_AXES,
+              f"config.mesh: unknown axis {axis!r}; axes are {tuple(sharding.MESH_AXES)}")
+        _need(isinstance(size, int) and (size > 0 or size == -1),
+              f"config.mesh.{axis}={size!r} must be a positive int or -1")
+    for i, rule in enumerate((config.get("sharding") or {}).get("rules") or ()):
+        ok = isinstance(rule, (tuple, list)) and len(rule) == 2
+        _need(ok, f"config.sharding.rules[{i}]={rule!r}: expected (regex, spec)")
+        try:
+            re.compile(rule[0])
+        except re.error as e:
+            raise ConfigError(f"config.sharding.rules[{i}]: bad regex {rule[0]!r}: {e}") from None
+        spec = rule[1]
+        _need(spec in ("replicate", "fsdp") or (
+            isinstance(spec, (tuple, list)) and all(a is None or a in sharding.MESH_AXES for a in spec)),
+            f"config.sharding.rules[{i}] spec {spec!r}: expected 'replicate', 'fsdp' or a tuple "
+            f"of mesh axes / None")
+    try:
+        layers.remat_policy(config.model.get("remat", False))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None

@@ -53,6 +53,7 @@ def _decoder_kwargs(mcfg) -> dict:
 def _common(config) -> dict:
     return dict(embed_dim=config.model.get("embed_dim", 512), image_size=config.input.image_size,
                 remat=config.model.get("remat", False),
+                scan=config.model.get("scan_layers", False),
                 dtype=jnp.dtype(config.model.get("dtype", "float32")))
 
 

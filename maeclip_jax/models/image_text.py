@@ -48,7 +48,8 @@ class ImageTextModel(nn.Module):
     embed_dim: int
     image_size: int
     text_decoder: Optional[dict] = None
-    remat: bool = False
+    remat: bool = False  # or a layers.REMAT_POLICIES name
+    scan: bool = False   # nn.scan over the blocks (layers.Encoder)
     dtype: Any = jnp.float32
 
     @property
@@ -73,9 +74,9 @@ class ImageTextModel(nn.Module):
         return self.grid_hw[0] * self.grid_hw[1]
 
     def setup(self):
-        self.image_encoder = ViT(**self.image, remat=self.remat, dtype=self.dtype)
+        self.image_encoder = ViT(**self.image, remat=self.remat, scan=self.scan, dtype=self.dtype)
         if self.has_text:
-            self.text_encoder = TextTransformer(**self.text, remat=self.remat, dtype=self.dtype)
+            self.text_encoder = TextTransformer(**self.text, remat=self.remat, scan=self.scan, dtype=self.dtype)
             self.image_projection = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype,
                                              kernel_init=nn.initializers.xavier_uniform())
             self.text_projection = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype,
@@ -85,7 +86,8 @@ class ImageTextModel(nn.Module):
         if self.has_decoder:
             p = self.image["patch_size"]
             self.image_decoder = MAEDecoder(grid_hw=self.grid_hw, patch_dim=p * p * 3,
-                                            remat=self.remat, dtype=self.dtype, **self.decoder)
+                                            remat=self.remat, scan=self.scan, dtype=self.dtype,
+                                            **self.decoder)
         if self.has_text_decoder:
             self.text_reconstruction_decoder = TextDecoder(
                 vocab_size=self.text["vocab_size"], remat=self.remat, dtype=self.dtype,

@@ -101,22 +101,72 @@ class EncoderBlock(nn.Module):
         return x + MlpBlock(self.mlp_dim, dtype=self.dtype, name="mlp")(y)
 
 
+# Rematerialisation policies by name (config.model.remat): what the backward pass may keep
+# instead of recomputing. True / 'full' keeps nothing but each block's input.
+REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+def remat_policy(remat: Any):
+    """config.model.remat -> None (no remat) or (policy,) ; raises naming the known names."""
+    if remat is False or remat is None or remat == "none":
+        return None
+    if remat is True:
+        remat = "full"
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"config.model.remat={remat!r}; choose False, True or one of "
+                         f"{sorted(REMAT_POLICIES)}")
+    return (REMAT_POLICIES[remat],)
+
+
+class _ScanBlock(nn.Module):
+    """One block with nn.scan's (carry, x) -> (carry, y) signature."""
+
+    mlp_dim: int
+    num_heads: int
+    remat: Any = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: Optional[jax.Array]) -> tuple:
+        policy = remat_policy(self.remat)
+        block = nn.remat(EncoderBlock, policy=policy[0]) if policy else EncoderBlock
+        x = block(self.mlp_dim, self.num_heads, dtype=self.dtype, name="block")(x, mask)
+        return nn.with_logical_constraint(x, ("batch", None, None)), None
+
+
 class Encoder(nn.Module):
     """`depth` pre-LN blocks and a final LayerNorm, `[B, T, W] -> [B, T, W]`.
 
-    `remat` recomputes each block's activations in the backward pass (saves memory, costs
-    about one more forward pass).
+    `remat` (False, True or a REMAT_POLICIES name) recomputes each block's activations in the
+    backward pass (saves memory, costs up to one more forward pass). `scan` runs the blocks as
+    one nn.scan (one compiled block, parameters stacked `[depth, ...]` under `blocks/block`;
+    maeclip_jax/scan_params.py converts checkpoints between the two layouts).
     """
 
     depth: int
     mlp_dim: int
     num_heads: int
-    remat: bool = False
+    remat: Any = False
     dtype: Dtype = jnp.float32
+    scan: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
-        block = nn.remat(EncoderBlock) if self.remat else EncoderBlock
-        for i in range(self.depth):
-            x = block(self.mlp_dim, self.num_heads, dtype=self.dtype, name=f"block{i}")(x, mask)
+        if self.scan:
+            blocks = nn.scan(_ScanBlock, variable_axes={"params": 0}, split_rngs={"params": True},
+                             in_axes=nn.broadcast, length=self.depth)
+            x, _ = blocks(self.mlp_dim, self.num_heads, self.remat, self.dtype,
+                          name="blocks")(x, mask)
+        else:
+            policy = remat_policy(self.remat)
+            block = nn.remat(EncoderBlock, policy=policy[0]) if policy else EncoderBlock
+            for i in range(self.depth):
+                x = block(self.mlp_dim, self.num_heads, dtype=self.dtype, name=f"block{i}")(x, mask)
+                # Keeps the batch split over the data axes when a mesh and rules are set
+                # (sharding.activation_context); a no-op otherwise.
+                x = nn.with_logical_constraint(x, ("batch", None, None))
         return nn.LayerNorm(dtype=self.dtype, name="norm")(x)

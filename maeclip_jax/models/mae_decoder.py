@@ -46,7 +46,8 @@ class MAEDecoder(nn.Module):
     depth: int
     mlp_dim: int
     num_heads: int
-    remat: bool = False
+    remat: bool = False  # or a layers.REMAT_POLICIES name
+    scan: bool = False   # nn.scan over the blocks (layers.Encoder)
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -71,7 +72,7 @@ class MAEDecoder(nn.Module):
         x = x + layers.sincos_2d(*self.grid_hw, self.width)[None].astype(x.dtype)
         if has_cls:
             x = jnp.concatenate([cls, x], axis=1)
-        x = layers.Encoder(self.depth, self.mlp_dim, self.num_heads, remat=self.remat,
+        x = layers.Encoder(self.depth, self.mlp_dim, self.num_heads, remat=self.remat, scan=self.scan,
                            dtype=self.dtype, name="decoder")(x)
         if has_cls:
             x = x[:, 1:]

@@ -25,7 +25,8 @@ class TextTransformer(nn.Module):
     num_heads: int
     pooling: str = "eot"
     causal: bool = True
-    remat: bool = False
+    remat: bool = False  # or a layers.REMAT_POLICIES name
+    scan: bool = False   # nn.scan over the blocks (layers.Encoder)
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -64,7 +65,7 @@ class TextTransformer(nn.Module):
         mask = valid[:, None, None, :]  # [B, 1, q, k]: padding keys are never attended to.
         if self.causal:
             mask = jnp.logical_and(mask, nn.make_causal_mask(tokens, dtype=bool))
-        x = layers.Encoder(self.depth, self.mlp_dim, self.num_heads, remat=self.remat,
+        x = layers.Encoder(self.depth, self.mlp_dim, self.num_heads, remat=self.remat, scan=self.scan,
                            dtype=self.dtype, name="encoder")(x, mask)
         if self.pooling == "map":
             pooled = pooling.MAPHead(self.num_heads, self.mlp_dim, dtype=self.dtype,

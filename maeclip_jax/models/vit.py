@@ -27,7 +27,8 @@ class ViT(nn.Module):
     num_heads: int
     posemb: str = "sincos2d"
     pooling: str = "gap"
-    remat: bool = False
+    remat: bool = False  # or a layers.REMAT_POLICIES name
+    scan: bool = False   # nn.scan over the blocks (layers.Encoder)
     dtype: Any = jnp.float32
 
     @property
@@ -64,7 +65,7 @@ class ViT(nn.Module):
         if self.has_cls:
             cls = self.param("cls", nn.initializers.zeros, (1, 1, self.width), jnp.float32)
             x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.width)).astype(x.dtype), x], 1)
-        x = layers.Encoder(self.depth, self.mlp_dim, self.num_heads, remat=self.remat,
+        x = layers.Encoder(self.depth, self.mlp_dim, self.num_heads, remat=self.remat, scan=self.scan,
                            dtype=self.dtype, name="encoder")(x)
         if self.pooling == "map":
             pooled = pooling.MAPHead(self.num_heads, self.mlp_dim, dtype=self.dtype,
