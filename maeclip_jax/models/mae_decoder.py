@@ -5,6 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from maeclip_jax import masking
 from maeclip_jax.models import layers
 
 
@@ -48,7 +49,7 @@ class MAEDecoder(nn.Module):
                                 jnp.float32)
         x = jnp.concatenate(
             [x, jnp.broadcast_to(mask_token.astype(x.dtype), (b, n - k, self.width))], axis=1)
-        x = jnp.take_along_axis(x, ids_restore[..., None], axis=1)  # back to patch order
+        x = masking.take_tokens(x, ids_restore)  # back to patch order
         x = x + layers.sincos_2d(*self.grid_hw, self.width)[None].astype(x.dtype)
         if has_cls:
             x = jnp.concatenate([cls, x], axis=1)
