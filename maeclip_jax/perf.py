@@ -30,8 +30,10 @@ def compiled_flops(compiled) -> float:
     return float((cost or {}).get("flops", 0.0))
 
 
-def measure_matmul_flops(n: int = 2048, dtype=jnp.float32, repeats: int = 5) -> float:
-    """Achieved FLOP/s of an n x n matmul on device 0 (a same-process ceiling)."""
+def measure_matmul_flops(n: int = 4096, dtype=jnp.float32, repeats: int = 5) -> float:
+    """Achieved FLOP/s of an n x n matmul on device 0 (a same-process ceiling), best of
+    `repeats`. The training loop's MFU on CPU and benchmarks/train_step.py's `frac_matmul_*`
+    both divide by this number (4096^2, the model's compute dtype)."""
     a = jnp.ones((n, n), dtype)
     f = jax.jit(lambda x: x @ x)
     f(a).block_until_ready()
@@ -55,7 +57,7 @@ def peak_flops_per_device(dtype: str = "float32", override: Optional[float] = No
     for name, value in PEAK_FLOPS.get(dtype, {}).items():
         if kind.startswith(name) or name in kind:
             return value, f"table:{name}"
-    measured = measure_matmul_flops(dtype=jnp.float32)
-    logging.info("peak FLOP/s for %r unknown: using a measured f32 matmul, %.1f GFLOP/s",
-                 kind, measured / 1e9)
+    measured = measure_matmul_flops(dtype=jnp.dtype(dtype))
+    logging.info("peak FLOP/s for %r unknown: using a measured %s matmul, %.1f GFLOP/s",
+                 kind, dtype, measured / 1e9)
     return measured, "measured_matmul"

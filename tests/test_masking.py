@@ -46,3 +46,23 @@ def test_patchify_matches_a_direct_loop_and_inverts():
     np.testing.assert_array_equal(patches, expected)
     back = masking.unpatchify(jnp.asarray(patches), p, (3, 2))
     np.testing.assert_array_equal(np.asarray(back), img)
+
+
+def test_take_tokens_formulations_match_numpy_indexing():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 10, 5)).astype(np.float32)
+    ids = np.stack([rng.permutation(10)[:4] for _ in range(3)]).astype(np.int32)
+    want = np.stack([x[b, ids[b]] for b in range(3)])  # independent reference
+    for impl in ("gather", "onehot"):
+        np.testing.assert_allclose(np.asarray(masking.take_tokens(jnp.asarray(x), jnp.asarray(ids),
+                                                                  impl)), want, rtol=1e-6,
+                                   err_msg=impl)
+    shared = np.broadcast_to(ids[:1], ids.shape)
+    np.testing.assert_array_equal(np.asarray(masking.take_tokens(x, shared, "shared")),
+                                  np.stack([x[b, ids[0]] for b in range(3)]))
+
+
+def test_shared_reference_mask_is_one_mask_for_the_batch(monkeypatch):
+    monkeypatch.setattr(masking, "TAKE_IMPL", "shared")
+    m = np.asarray(masking.random_mask(jax.random.PRNGKey(1), 8, 64, 0.75).mask)
+    assert len({row.tobytes() for row in m}) == 1 and m.sum() == 8 * 48

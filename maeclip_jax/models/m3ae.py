@@ -138,8 +138,8 @@ class M3AE(nn.Module):
         Returns:
           (pixels `[B, N, p*p*3]`, text logits `[B, L, vocab]`), both in original order.
         """
-        img = jnp.take_along_axis(self._embed_image(images), image_mask.ids_keep[..., None], 1)
-        txt = jnp.take_along_axis(self._embed_text(tokens), text_mask.ids_keep[..., None], 1)
+        img = masking.take_tokens(self._embed_image(images), image_mask.ids_keep)
+        txt = masking.take_tokens(self._embed_text(tokens), text_mask.ids_keep)
         b, k_img, k_txt = img.shape[0], img.shape[1], txt.shape[1]
         # Keys: CLS and kept patches always; a text slot only if it is a visible real token.
         keys = jnp.concatenate([jnp.ones((b, 1 + k_img), bool), text_mask.visible], axis=1)

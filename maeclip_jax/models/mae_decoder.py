@@ -5,6 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from maeclip_jax import masking
 from maeclip_jax.models import layers
 
 
@@ -28,7 +29,7 @@ def fill_masked(kept: jax.Array, ids_restore: jax.Array, mask_token: jax.Array,
     if visible is not None:
         kept = jnp.where(visible[..., None], kept, token)
     x = jnp.concatenate([kept, jnp.broadcast_to(token, (b, n - k, w))], axis=1)
-    return jnp.take_along_axis(x, ids_restore[..., None], axis=1)
+    return masking.take_tokens(x, ids_restore)
 
 
 class MAEDecoder(nn.Module):

@@ -5,6 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from maeclip_jax import masking
 from maeclip_jax.models import layers, pooling
 
 PAD_ID = 0  # Every tokenizer of this package reserves id 0 for padding.
@@ -55,7 +56,7 @@ class TextTransformer(nn.Module):
                          (1, self.max_len, self.width), jnp.float32)
         x = x + pos[:, :length].astype(self.dtype)
         if ids_keep is not None:
-            x = jnp.take_along_axis(x, ids_keep[..., None], axis=1)
+            x = masking.take_tokens(x, ids_keep)
             mask = visible[:, None, None, :]
             if self.causal:  # query at position i sees keys at positions <= i
                 mask = jnp.logical_and(mask, ids_keep[:, None, :, None] >= ids_keep[:, None, None, :])

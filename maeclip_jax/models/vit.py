@@ -5,6 +5,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from maeclip_jax import masking
 from maeclip_jax.models import layers, pooling
 
 
@@ -61,7 +62,7 @@ class ViT(nn.Module):
             raise ValueError(f"Unknown posemb {self.posemb!r}")
         x = x + pos.astype(x.dtype)
         if ids_keep is not None:
-            x = jnp.take_along_axis(x, ids_keep[..., None], axis=1)
+            x = masking.take_tokens(x, ids_keep)
         if self.has_cls:
             cls = self.param("cls", nn.initializers.zeros, (1, 1, self.width), jnp.float32)
             x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.width)).astype(x.dtype), x], 1)
