@@ -54,3 +54,17 @@ def test_tf_data_stream_matches_the_generator_and_strides():
         np.testing.assert_array_equal(ex["image"], ref["image"])
         assert ex["text"].decode() == ref["caption"]
         assert ex["masks"].shape == (3, 32, 32)
+
+
+def test_groups_share_layout_and_differ_only_in_shape():
+    g = builtin.HARD_NEGATIVE_GROUP
+    members = [builtin.generate_scene(0, "train", 8 * g + j) for j in range(g)]
+    n = int(members[0]["num_objects"])
+    for ex in members:
+        assert int(ex["num_objects"]) == n
+        np.testing.assert_array_equal(ex["colour"], members[0]["colour"])
+        np.testing.assert_array_equal(ex["size"], members[0]["size"])
+    for k in range(n):  # every object has a different shape in every member
+        assert len({int(ex["shape"][k]) for ex in members}) == g
+    nxt = builtin.generate_scene(0, "train", 9 * g)
+    assert nxt["caption"] != members[0]["caption"]

@@ -31,6 +31,11 @@ MAX_OBJECTS = 3
 # captions that share colours must be told apart by shape: with many multi-object scenes the
 # contrastive task is solved by colour and position alone and shape is never learned.
 OBJECT_COUNT_PROBS = (0.5, 0.3, 0.2)
+# Training scenes come in groups of consecutive indices that share everything (layout, colours,
+# sizes, background, caption wording) but the shapes, which differ in every member. Groups land
+# in the same batch, so every batch holds hard negatives that only shape tells apart; without
+# them the contrastive task is solved by colour, size and position, and shape is never learned.
+HARD_NEGATIVE_GROUP = 4
 # Split ids keep the train and evaluation streams disjoint for any index.
 SPLITS = {"train": 0, "eval": 1}
 
@@ -82,13 +87,13 @@ def _relation(cy: float, cx: float, ref_y: float, ref_x: float) -> str:
     return "to the right of it" if dx > 0 else "to the left of it"
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+def _background(rng: np.random.Generator, noise_rng: np.random.Generator, size: int) -> np.ndarray:
     """A dull, low-saturation background: base colour + linear gradient + pixel noise."""
     base = rng.uniform(20, 120) + rng.uniform(-15, 15, size=3)
     grad = rng.uniform(-40, 40, size=(2, 1, 1, 1))
     t = np.linspace(-0.5, 0.5, size, dtype=np.float32)
     img = base[None, None, :] + grad[0] * t[:, None, None] + grad[1] * t[None, :, None]
-    img = img + rng.normal(0.0, rng.uniform(2, 12), size=(size, size, 3))
+    img = img + noise_rng.normal(0.0, rng.uniform(2, 12), size=(size, size, 3))
     return img
 
 
@@ -100,9 +105,11 @@ def generate_scene(seed: int, split: str, index: int, image_size: int = 64) -> d
       slot, all-False for absent objects), colour / shape / size `int32 [3]` (-1 when absent),
       num_objects `int32`, label `int32` (colour * len(SHAPES) + shape of the first object).
     """
-    rng = np.random.default_rng([seed, SPLITS[split], index])
+    group = HARD_NEGATIVE_GROUP if split == "train" else 1
+    rng = np.random.default_rng([seed, SPLITS[split], index // group])  # shared by the group
+    own = np.random.default_rng([seed, SPLITS[split], index, 1])  # this example's alone
     n_obj = 1 if split == "eval" else 1 + int(rng.choice(MAX_OBJECTS, p=OBJECT_COUNT_PROBS))
-    img = _background(rng, image_size)
+    img = _background(rng, own, image_size)
     yy, xx = np.mgrid[0:image_size, 0:image_size].astype(np.float32) + 0.5
     masks = np.zeros((MAX_OBJECTS, image_size, image_size), bool)
     attrs = -np.ones((3, MAX_OBJECTS), np.int32)
@@ -110,17 +117,19 @@ def generate_scene(seed: int, split: str, index: int, image_size: int = 64) -> d
     phrases = []
     for k in range(n_obj):
         colour = int(rng.integers(len(COLOUR_NAMES)))
-        shape = int(rng.integers(len(SHAPES)))
+        shape = (int(rng.integers(len(SHAPES))) + index % group) % len(SHAPES)
         size = int(rng.integers(len(SIZE_NAMES)))
         for _ in range(50):  # rejection-sample a spot that overlaps no earlier object
             r = rng.uniform(*SIZES[SIZE_NAMES[size]]) * image_size
             cy, cx = rng.uniform(r, image_size - r, size=2)
-            if all((cy - py) ** 2 + (cx - px) ** 2 > (r + pr + 2) ** 2 for py, px, pr in placed):
+            # 1.25 r bounds every shape (a square's corner is at 1.2 r), so masks never overlap.
+            if all((cy - py) ** 2 + (cx - px) ** 2 > (1.25 * (r + pr) + 2) ** 2
+                   for py, px, pr in placed):
                 break
         else:
             break  # no room left: keep the objects placed so far
         m = _shape_mask(SHAPES[shape], yy, xx, cy, cx, r)
-        rgb = np.clip(np.array(COLOURS[COLOUR_NAMES[colour]]) + rng.uniform(-20, 20, 3), 0, 255)
+        rgb = np.clip(np.array(COLOURS[COLOUR_NAMES[colour]]) + own.uniform(-20, 20, 3), 0, 255)
         img[m] = rgb
         masks[k] = m
         attrs[:, k] = (colour, shape, size)
