@@ -11,6 +11,8 @@ INSTALL_REQUIRES = [
     "orbax-checkpoint==0.12.8",
     "tensorflow==2.21.0",
     "tensorflow-datasets==4.9.10",
+    "tensorflow-text==2.21.1",    # sentencepiece tokenisation inside tf.data
+    "sentencepiece==0.2.3",       # python -m maeclip_jax.tools.train_tokenizer
     "ml-collections==1.1.0",
     "clu==0.0.12",
     "einops==0.8.2",

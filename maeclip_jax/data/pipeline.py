@@ -150,6 +150,8 @@ def _img2dataset_source(input_cfg: ml_collections.ConfigDict, seed: int,
     ds = ds.repeat()
     ds = ds.interleave(shards.READERS[fmt], cycle_length=min(len(files), input_cfg.get("cycle_length", 8)),
                        block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if shards.PARSERS[fmt] is not None:
+        ds = ds.map(shards.PARSERS[fmt], num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return records_to_examples(ds, input_cfg, pseed)
 
 

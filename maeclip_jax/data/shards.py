@@ -219,26 +219,27 @@ _TFRECORD_FEATURES = {
 
 
 def read_tfrecord(path: tf.Tensor) -> tf.data.Dataset:
-    """One img2dataset TFRecord shard -> records. A corrupt or truncated record ends the shard
-    there (its lost tail cannot be counted: TFRecord has no index); an empty shard leaves one
-    broken record, so that it is counted."""
-    def parse(serialized):
-        ex = tf.io.parse_single_example(serialized, _TFRECORD_FEATURES)
-        ex["ok"] = tf.logical_and(tf.strings.length(ex["jpg"]) > 0,
-                                  tf.strings.length(ex["txt"]) > 0)
-        ex["last"] = tf.constant(False)
-        return ex
-    marker = {"jpg": tf.constant(""), "txt": tf.constant(""), "key": path,
-              "ok": tf.constant(False), "last": tf.constant(True)}
-    ds = tf.data.TFRecordDataset(path).ignore_errors().map(parse)
-    ds = ds.concatenate(tf.data.Dataset.from_tensors(marker))
-    # Keep the end marker only when it is the shard's first element (an empty shard).
-    ds = ds.enumerate().filter(lambda i, r: tf.logical_or(tf.logical_not(r["last"]),
-                                                          tf.equal(i, 0)))
-    return ds.map(lambda i, r: {k: r[k] for k in ("jpg", "txt", "key", "ok")})
+    """One img2dataset TFRecord shard -> serialized tf.train.Example strings (parsed later, in
+    parallel, by `parse_tfrecord`). A corrupt or truncated record ends the shard there (its
+    lost tail cannot be counted: TFRecord has no index); an empty shard yields one empty
+    string, which parses into a broken record, so that it is counted."""
+    ds = tf.data.TFRecordDataset(path).ignore_errors()
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(tf.constant("")))
+    # Keep the empty end marker only when it is the shard's first element (an empty shard).
+    return ds.enumerate().filter(lambda i, s: tf.logical_or(tf.strings.length(s) > 0,
+                                                             tf.equal(i, 0))).map(lambda i, s: s)
+
+
+def parse_tfrecord(serialized: tf.Tensor) -> dict:
+    """A serialized img2dataset Example -> record {jpg, txt, key, ok}."""
+    ex = tf.io.parse_single_example(serialized, _TFRECORD_FEATURES)
+    ex["ok"] = tf.logical_and(tf.strings.length(ex["jpg"]) > 0, tf.strings.length(ex["txt"]) > 0)
+    return ex
 
 
 READERS = {"tar": read_tar, "tfrecord": read_tfrecord}
+# Per-element work after the interleave, run as a parallel map (None: records are ready).
+PARSERS = {"tar": None, "tfrecord": parse_tfrecord}
 
 
 # ----------------------------------------------------------------------------- diagnostics

@@ -44,6 +44,8 @@ def read_captions(patterns: str, max_captions: int) -> Iterator[str]:
             by_fmt.setdefault(shards.shard_format(f), []).append(f)
         for fmt, fs in sorted(by_fmt.items()):
             ds = tf.data.Dataset.from_tensor_slices(fs).flat_map(shards.READERS[fmt])
+            if shards.PARSERS[fmt] is not None:
+                ds = ds.map(shards.PARSERS[fmt])
             datasets.append(ds.map(lambda r: r["txt"]).ignore_errors())
     ds = datasets[0]
     for d in datasets[1:]:
