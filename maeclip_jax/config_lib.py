@@ -60,7 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
         {"width": 64, "depth": 1, "mlp_dim": 256, "num_heads": 4})
     c.model.embed_dim = 128
     c.model.dtype = "float32"     # computation dtype; parameters stay float32
-    c.model.remat = False         # False | True (= 'full') | 'full' | 'dots' | 'dots_no_batch'
+    c.model.remat = "none"        # none | full | dots | dots_no_batch (models/layers.py)
     c.model.scan_layers = False   # nn.scan over blocks (one compiled block; params stacked)
 
     # ratio: image patches; text_ratio: real text tokens (M3AE, MAE-CLIP text reconstruction).

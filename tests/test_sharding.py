@@ -98,3 +98,22 @@ def test_bfloat16_compute_keeps_float32_params_and_close_losses():
     assert all(x.dtype == np.float32 for x in jax.tree.leaves(p16))
     for k in ("loss/contrastive", "loss/reconstruction"):
         np.testing.assert_allclose(m16[k], m32[k], rtol=3e-2, err_msg=k)
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"mesh": {"data": -1, "tensor": 2}}, r"config\.mesh: unknown axis 'tensor'"),
+    ({"sharding.rules": [("(", "fsdp")]}, r"config\.sharding\.rules\[0\]: bad regex"),
+    ({"sharding.rules": [(".*", ("data", "bogus"))]}, r"config\.sharding\.rules\[0\] spec"),
+    ({"model.remat": "some"}, r"config\.model\.remat='some'"),
+    ({"loss.contrastive_impl": "ring"}, r"config\.loss\.contrastive_impl='ring'"),
+])
+def test_bad_scale_out_config_names_the_field(overrides, field):
+    c = tiny_config()
+    for key, value in overrides.items():
+        node, *rest = key.split(".")
+        if rest:
+            c[node][rest[0]] = value
+        else:
+            c[node] = value
+    with pytest.raises(validation.ConfigError, match=field):
+        validation.validate(c, 8)

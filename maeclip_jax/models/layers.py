@@ -117,7 +117,7 @@ def remat_policy(remat: Any):
     if remat is True:
         remat = "full"
     if remat not in REMAT_POLICIES:
-        raise ValueError(f"config.model.remat={remat!r}; choose False, True or one of "
+        raise ValueError(f"config.model.remat={remat!r}; choose 'none' or one of "
                          f"{sorted(REMAT_POLICIES)}")
     return (REMAT_POLICIES[remat],)
 
