@@ -170,6 +170,38 @@ def time_parts(config, repeats: int) -> dict:
     return out
 
 
+def time_input_pipeline(steps: int) -> dict:
+    """The demo config's step on one fixed device batch vs fed by the real tf.data pipeline
+    (`pipeline.train_iterator`, prefetch to device) as the training loop feeds it: the
+    difference is what the host's input work costs the step on this machine."""
+    from maeclip_jax.data import pipeline
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("demo", os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "maeclip_tiny.py"))
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    config, t, mesh = _training(demo.get_config())
+    tok = get_tokenizer(config.input.tokenizer, config.input.max_text_len)
+    batches = pipeline.train_iterator(config, tok, 0, sharding.batch_sharding(mesh))
+    state = t.init(jax.random.PRNGKey(0))
+    fixed = next(batches)
+    compiled = t.step.lower(state, fixed).compile()
+    state, m = compiled(state, fixed)
+    jax.block_until_ready(m)
+    out = {}
+    for mode in ("fixed_batch", "pipeline", "fixed_batch_again"):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            state, m = compiled(state, fixed if mode.startswith("fixed") else next(batches))
+        jax.block_until_ready(m)
+        out[mode + "_s"] = (time.perf_counter() - t0) / steps
+    out["pipeline_overhead"] = out["pipeline_s"] / (
+        0.5 * (out["fixed_batch_s"] + out["fixed_batch_again_s"])) - 1.0
+    out["flops_per_step"] = perf.compiled_flops(compiled)
+    out["batch"] = config.batch_size
+    return out
+
+
 def memory(config) -> dict:
     """XLA's memory analysis of the compiled step (bytes)."""
     config, t, mesh = _training(config)
@@ -218,7 +250,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=5, help="timed steps per row (after 1 warm-up)")
-    ap.add_argument("--sections", default="steps,parts,masking,memory")
+    ap.add_argument("--sections", default="steps,parts,masking,pipeline,memory")
     ap.add_argument("--memory_batches", default="32,256")
     ap.add_argument("--matmul_n", type=int, default=4096)
     ap.add_argument("--vit_b16", action="store_true",
@@ -298,6 +330,9 @@ def main(argv=None) -> dict:
         finally:
             masking.TAKE_IMPL = default
 
+    if "pipeline" in sections:
+        result["pipeline"] = time_input_pipeline(max(5, args.steps))
+
     if "memory" in sections and widths:
         w = widths[0]
         for b in [int(x) for x in args.memory_batches.split(",")]:
@@ -347,6 +382,12 @@ def print_report(result: dict) -> None:
         print(_fmt_table(rows, [("impl", "{}"), ("width", "{}"), ("per_example", "{}"),
                                 ("default", "{}"), ("step_s", "{:.3f}"), ("step_min_s", "{:.3f}"),
                                 ("gflop", "{:.2f}")]))
+    if result.get("pipeline"):
+        p = result["pipeline"]
+        print(f"\ndemo config (configs/maeclip_tiny.py, batch {p['batch']}): "
+              f"{p['fixed_batch_s']:.3f} / {p['fixed_batch_again_s']:.3f} s/step on a fixed "
+              f"batch, {p['pipeline_s']:.3f} s/step fed by the tf.data pipeline "
+              f"({100 * p['pipeline_overhead']:+.0f}%), {g(p['flops_per_step']):.1f} GFLOP/step")
     if result["memory"]:
         print("\nMAE-CLIP step memory (XLA memory analysis)")
         rows = [dict(r, peak_mib=r["peak_bytes"] / 2**20, temp_mib=r["temp_size_in_bytes"] / 2**20)
