@@ -128,6 +128,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--poolings", default="gap,max")
+    ap.add_argument("--collect_only", action="store_true",
+                    help="train nothing: tabulate the runs already finished in --workdir")
     args = ap.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
     poolings = [p for p in args.poolings.split(",") if p]
@@ -152,6 +154,9 @@ def main(argv=None) -> int:
                 config = run_config(m, p, seed, args.steps, args.batch_size)
                 run_dir = os.path.join(args.workdir, config.name)
                 res, dt = finished_run(run_dir, args.steps)
+                if res is None and args.collect_only:
+                    print(f"{config.name}: not finished in {run_dir}; left out", flush=True)
+                    continue
                 if res is None:
                     t0 = time.perf_counter()
                     res = train.train_and_evaluate(config, run_dir)
