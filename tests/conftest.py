@@ -41,6 +41,20 @@ def tiny_config(**overrides):
     return c
 
 
+def model_config(name: str, **overrides):
+    """tiny_config sizes with the objectives and evaluators of `configs/{name}_*.py:tiny`."""
+    from maeclip_jax import paper_configs
+    paper = paper_configs.paper_config(name, "cc12m", "tiny")
+    config = tiny_config(**overrides)
+    config.model.name = name
+    config.loss = paper.loss
+    config.evals = paper.evals
+    config.evals.linear_probe.num_examples = 128
+    if "zero_shot" in config.evals:
+        config.evals.zero_shot.num_examples = 64
+    return config
+
+
 @pytest.fixture
 def config():
     return tiny_config()

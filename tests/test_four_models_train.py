@@ -4,22 +4,14 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_config
-from maeclip_jax import paper_configs, sharding, train, validation
+import conftest
+from maeclip_jax import sharding, train, validation
 from maeclip_jax.data import builtin
 from maeclip_jax.data.tokenizer import get_tokenizer
 
 
 def model_config(name: str, **overrides):
-    """tiny_config sizes with the objectives and evaluators of `configs/{name}_*.py:tiny`."""
-    paper = paper_configs.paper_config(name, "cc12m", "tiny")
-    config = tiny_config(**overrides)
-    config.model.name = name
-    config.loss = paper.loss
-    config.evals = paper.evals
-    config.evals.linear_probe.num_examples = 128
-    if "zero_shot" in config.evals:
-        config.evals.zero_shot.num_examples = 64
+    config = conftest.model_config(name, **overrides)
     if name == "maeclip":
         config.loss.text_reconstruction = 0.5  # exercise the optional text loss too
     return config

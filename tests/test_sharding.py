@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from conftest import tiny_config
-from maeclip_jax import models, objectives, sharding, train, validation
+from conftest import model_config, tiny_config
+from maeclip_jax import models, sharding, train, validation
 from maeclip_jax.data import builtin
 from maeclip_jax.data.tokenizer import get_tokenizer
 
@@ -30,14 +30,8 @@ def test_rules_give_the_hand_computed_specs():
 
 
 def config_for(name):
-    """tiny_config for model `name`, with the objectives it cannot train switched off."""
-    c = tiny_config(**{"model.name": name, "sharding.fsdp_min_size": 0})
-    for obj in objectives.names():
-        try:
-            validation.validate(c, 8)
-        except validation.ConfigError as e:
-            if f"config.loss.{obj}" in str(e):
-                c.loss[obj] = 0.0
+    """The tiny config of model `name` with every tensor FSDP-sharded (no size threshold)."""
+    c = model_config(name, **{"sharding.fsdp_min_size": 0})
     validation.validate(c, 8)
     return c
 

@@ -29,8 +29,9 @@ def batched_apply(fn: Callable, arrays: Dict[str, np.ndarray], batch_size: int, 
     if params is None:
         jitted = jax.jit(fn, in_shardings=(in_sh,), out_shardings=out_sh)
     else:
-        jitted = functools.partial(jax.jit(fn, in_shardings=(out_sh, in_sh),
-                                           out_shardings=out_sh), params)
+        # No in_sharding for params: they keep the layout training gave them (FSDP / tensor
+        # parallel), which jit reads off the committed arrays; only the batch is pinned.
+        jitted = functools.partial(jax.jit(fn, out_shardings=out_sh), params)
     outs = []
     for start in range(0, n, batch_size):
         chunk = {k: v[start:start + batch_size] for k, v in arrays.items()}

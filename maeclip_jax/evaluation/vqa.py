@@ -300,10 +300,12 @@ class VQA:
             return jnp.argmax(logits_fn(p, b["image"], b["question"]), -1)
         cache[key] = {
             "init_head": jax.jit(init_head, out_shardings=repl),
-            "init_opt": jax.jit(tx.init, out_shardings=repl),
+            # Tower parameters (and so their Adam moments) keep the training state's sharding
+            # (FSDP / tensor parallel), read off the committed arrays; the head is replicated.
+            "init_opt": jax.jit(tx.init),
             # Not donated: p holds the caller's (training state's) tower parameters.
-            "step": jax.jit(step, in_shardings=(repl, repl, batch_sh),
-                            out_shardings=(repl, repl, repl)),
+            "step": jax.jit(step, in_shardings=(None, None, batch_sh),
+                            out_shardings=(None, None, repl)),
             "predict": predict}
         return cache[key]
 
