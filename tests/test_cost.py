@@ -56,4 +56,7 @@ def test_cost_cli_for_paper_configs(path, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads(out.read_text())
     assert rep["params"] > 50e6 and rep["flops_per_example"] > 6 * rep["params"]
+    # The paper configs name a sentencepiece tokenizer whose model is not trained yet: the
+    # report assumes --vocab_size (32000) ids and says so.
+    assert rep["vocab_size"] == 32000 and "text vocabulary 32000" in r.stdout
     assert "TPU v4" in r.stdout and "total (days)" in r.stdout

@@ -26,6 +26,8 @@ flags.DEFINE_integer("batch_size", None, "Compile at this global batch (default:
 flags.DEFINE_integer("chips", 256, "Accelerator chips the prediction assumes.")
 flags.DEFINE_float("mfu", 0.4, "Model-FLOP utilisation the prediction assumes.")
 flags.DEFINE_string("json", None, "Also write the report here.")
+flags.DEFINE_integer("vocab_size", 32000, "Text vocabulary size assumed when the config asks for a "
+                     "sentencepiece tokenizer whose model file is not given (shapes need only the size).")
 flags.mark_flags_as_required(["config"])
 
 # Chips the prediction covers: bf16 dense peak FLOP/s per chip (maeclip_jax/perf.py).
@@ -42,8 +44,12 @@ def parse_mesh(text: str) -> dict:
     return out
 
 
-def report(config, mesh_axes: dict, batch_size=None, chips: int = 256, mfu: float = 0.4) -> dict:
-    """Compiles config's train step on the current (fake) devices; returns the numbers."""
+def report(config, mesh_axes: dict, batch_size=None, chips: int = 256, mfu: float = 0.4,
+           vocab_size: int = 32000) -> dict:
+    """Compiles config's train step on the current (fake) devices; returns the numbers.
+
+    A sentencepiece tokenizer without its model file (the paper configs before a tokenizer is
+    trained) counts as a vocabulary of `vocab_size` ids: the step's shapes need nothing else."""
     import jax
     import numpy as np
     from maeclip_jax import perf, sharding, train, validation
@@ -56,9 +62,14 @@ def report(config, mesh_axes: dict, batch_size=None, chips: int = 256, mfu: floa
     # Nothing is read: the step's input shapes come from config.input.image_size /
     # max_text_len alone, so any registered source passes the checks.
     config.input.source, config.input.data = "builtin", ""
+    assumed_vocab = None
+    if config.input.tokenizer == "sentencepiece" and not config.input.tokenizer_model:
+        config.input.tokenizer, assumed_vocab = "builtin_words", vocab_size
     validation.validate(config, jax.device_count())
     tok = get_tokenizer(config.input.tokenizer, config.input.max_text_len)
     config = train.prepare_config(config, tok)
+    if assumed_vocab and "text" in config.model:
+        config.model.text.vocab_size = assumed_vocab
     mesh = sharding.make_mesh(mesh_axes)
     t = train.setup(config, mesh)
     state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
@@ -74,6 +85,7 @@ def report(config, mesh_axes: dict, batch_size=None, chips: int = 256, mfu: floa
     dtype = config.model.get("dtype", "float32")
     out = {
         "config": config.get("name", ""), "model": config.model.name, "params": n_params,
+        "vocab_size": config.model.text.vocab_size if "text" in config.model else None,
         "mesh": dict(mesh.shape), "compiled_batch": config.batch_size, "config_batch": full_batch,
         "flops_per_example": per_example, "flops_per_step": per_example * full_batch,
         "state_bytes_per_device": sharding.bytes_per_device(t.state_shapes, t.state_sharding),
@@ -93,7 +105,7 @@ def format_report(r: dict) -> str:
     lines = [
         f"config {r['config']} ({r['model']}), compiled on mesh {r['mesh']} at batch "
         f"{r['compiled_batch']}",
-        f"parameters            {r['params'] / 1e6:.1f} M",
+        f"parameters            {r['params'] / 1e6:.1f} M (text vocabulary {r['vocab_size']})",
         f"FLOPs / example       {r['flops_per_example'] / 1e9:.4g} GFLOP (fwd + bwd + update)",
         f"FLOPs / step          {r['flops_per_step'] / 1e12:.4g} TFLOP at batch {r['config_batch']}",
         f"state / device        {r['state_bytes_per_device'] / 2 ** 20:.1f} MiB "
@@ -125,7 +137,8 @@ def main(argv):
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
     if "jax" in sys.modules:
         raise RuntimeError("jax was imported before the fake device count was set")
-    r = report(FLAGS.config, parse_mesh(FLAGS.mesh), FLAGS.batch_size, FLAGS.chips, FLAGS.mfu)
+    r = report(FLAGS.config, parse_mesh(FLAGS.mesh), FLAGS.batch_size, FLAGS.chips, FLAGS.mfu,
+               FLAGS.vocab_size)
     print(format_report(r), flush=True)
     if FLAGS.json:
         with open(FLAGS.json, "w") as f:
