@@ -49,7 +49,7 @@ LOSSES = {
 
 
 def bench_config(name: str, width: int, depth: int = 4, batch: int = 32, image_size: int = 64,
-                 patch: int = 8, dtype: str = "float32", remat: bool = False):
+                 patch: int = 8, dtype: str = "float32", remat: str = "none"):
     """The config of one benchmark row (see the module docstring for the sizes)."""
     c = config_lib.base_config()
     c.name = f"bench_{name}_{width}"
@@ -336,7 +336,7 @@ def main(argv=None) -> dict:
     if "memory" in sections and widths:
         w = widths[0]
         for b in [int(x) for x in args.memory_batches.split(",")]:
-            for remat in (False, True):
+            for remat in ("none", "full"):
                 m = memory(bench_config("maeclip", w, args.depth, b, dtype=args.dtype,
                                         remat=remat))
                 if m:

