@@ -93,7 +93,7 @@ def _m3ae(config):
                 text=dict(vocab_size=config.model.text.vocab_size,
                           max_len=config.input.max_text_len),
                 decoder=_decoder_kwargs(config.model), image_size=common["image_size"],
-                remat=common["remat"], dtype=common["dtype"])
+                remat=common["remat"], scan=common["scan"], dtype=common["dtype"])
 
 
 def build(config: ml_collections.ConfigDict):

@@ -90,7 +90,8 @@ class ImageTextModel(nn.Module):
                                             **self.decoder)
         if self.has_text_decoder:
             self.text_reconstruction_decoder = TextDecoder(
-                vocab_size=self.text["vocab_size"], remat=self.remat, dtype=self.dtype,
+                vocab_size=self.text["vocab_size"], remat=self.remat, scan=self.scan,
+                dtype=self.dtype,
                 **self.text_decoder)
 
     # --- The interface every trainer and evaluator uses. ---

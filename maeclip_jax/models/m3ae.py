@@ -36,6 +36,7 @@ class M3AE(nn.Module):
     decoder: dict
     image_size: int
     remat: bool = False
+    scan: bool = False   # nn.scan over the blocks (layers.Encoder)
     dtype: Any = jnp.float32
 
     has_text = False      # no text embedding: zero-shot / retrieval do not apply
@@ -64,7 +65,8 @@ class M3AE(nn.Module):
         self.type_embedding = self.param("type_embedding", nn.initializers.normal(0.02), (2, w),
                                          jnp.float32)
         self.encoder = layers.Encoder(self.image["depth"], self.image["mlp_dim"],
-                                      self.image["num_heads"], remat=self.remat, dtype=self.dtype)
+                                      self.image["num_heads"], remat=self.remat, scan=self.scan,
+                                      dtype=self.dtype)
         if self.image.get("pooling", "gap") == "map":
             self.map_head = pooling.MAPHead(self.image["num_heads"], self.image["mlp_dim"],
                                             dtype=self.dtype)
@@ -78,7 +80,7 @@ class M3AE(nn.Module):
                                                  nn.initializers.normal(0.02), (2, d["width"]),
                                                  jnp.float32)
         self.joint_decoder = layers.Encoder(d["depth"], d["mlp_dim"], d["num_heads"],
-                                            remat=self.remat, dtype=self.dtype)
+                                            remat=self.remat, scan=self.scan, dtype=self.dtype)
         self.pixel_head = nn.Dense(p * p * 3, dtype=jnp.float32,
                                    kernel_init=nn.initializers.xavier_uniform())
         self.text_head = nn.Dense(self.text["vocab_size"], dtype=jnp.float32,

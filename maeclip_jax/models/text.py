@@ -60,8 +60,9 @@ class TextTransformer(nn.Module):
             mask = visible[:, None, None, :]
             if self.causal:  # query at position i sees keys at positions <= i
                 mask = jnp.logical_and(mask, ids_keep[:, None, :, None] >= ids_keep[:, None, None, :])
+            # The same `encoder` (same layout, same parameters) as the unmasked pass below.
             x = layers.Encoder(self.depth, self.mlp_dim, self.num_heads, remat=self.remat,
-                               dtype=self.dtype, name="encoder")(x, mask)
+                               scan=self.scan, dtype=self.dtype, name="encoder")(x, mask)
             return {"tokens": x, "valid": visible}
         mask = valid[:, None, None, :]  # [B, 1, q, k]: padding keys are never attended to.
         if self.causal:

@@ -24,6 +24,7 @@ class TextDecoder(nn.Module):
     mlp_dim: int
     num_heads: int
     remat: bool = False
+    scan: bool = False   # nn.scan over the blocks (layers.Encoder)
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -46,6 +47,6 @@ class TextDecoder(nn.Module):
         x = fill_masked(x, ids_restore, mask_token, visible)
         x = x + layers.sincos_1d(x.shape[1], self.width)[None].astype(x.dtype)
         x = layers.Encoder(self.depth, self.mlp_dim, self.num_heads, remat=self.remat,
-                           dtype=self.dtype, name="decoder")(x, valid[:, None, None, :])
+                           scan=self.scan, dtype=self.dtype, name="decoder")(x, valid[:, None, None, :])
         return nn.Dense(self.vocab_size, dtype=jnp.float32,
                         kernel_init=nn.initializers.xavier_uniform(), name="pred")(x)
