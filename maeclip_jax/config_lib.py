@@ -1,6 +1,10 @@
 """Defaults shared by every config file; a config file starts from `base_config()` and sets
 what differs. Fields are documented here once."""
 import ml_collections
+from ml_collections.config_dict import placeholder
+
+# Fields that are unset by default hold typed placeholders (None until set), so that they can
+# still be given on the command line (ml_collections refuses to override a plain None).
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -13,7 +17,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 500
     c.keep_checkpoints = 3
     c.eval_every_steps = 0        # 0: evaluate only at the end
-    c.peak_flops_per_device = None  # for MFU; None: by device kind (or a measured matmul on CPU)
+    c.peak_flops_per_device = placeholder(float)  # for MFU; unset: by device kind (CPU: a measured matmul)
     # Axis name -> size (-1: the rest); see maeclip_jax/sharding.py. Size-1 axes cost nothing and
     # can be set from the command line, e.g. --config.mesh.fsdp=8.
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1})
@@ -49,10 +53,14 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "maeclip"      # clip | mae | maeclip | m3ae
+    # A tower's size comes from `variant` (models/layers.py VARIANTS); width, depth, mlp_dim,
+    # num_heads (and patch_size for images) override single numbers of it.
+    sizes = lambda: {k: placeholder(int) for k in ("width", "depth", "mlp_dim", "num_heads")}
     c.model.image = ml_collections.ConfigDict(
-        {"variant": "mu/8", "posemb": "sincos2d", "pooling": "gap"})
-    c.model.text = ml_collections.ConfigDict(
-        {"variant": "mu", "pooling": "eot", "vocab_size": None})  # vocab: from the tokenizer
+        {"variant": "mu/8", "posemb": "sincos2d", "pooling": "gap", "patch_size": placeholder(int),
+         **sizes()})
+    c.model.text = ml_collections.ConfigDict(  # vocab_size: unset = the tokenizer's
+        {"variant": "mu", "pooling": "eot", "vocab_size": placeholder(int), **sizes()})
     c.model.decoder = ml_collections.ConfigDict(
         {"width": 64, "depth": 1, "mlp_dim": 256, "num_heads": 4})
     # MAE-CLIP's optional masked-text decoder (built only if loss.text_reconstruction > 0).
@@ -69,7 +77,8 @@ def base_config() -> ml_collections.ConfigDict:
     # text_reconstruction: MAE-CLIP's optional masked-text loss, off by default (the paper's
     # exact choice is not public). M3AE configs use {'m3ae': 1.0, 'm3ae_text_weight': 0.5}.
     c.loss = ml_collections.ConfigDict({"contrastive": 1.0, "reconstruction": 1.0,
-                                        "text_reconstruction": 0.0, "norm_pix": True})
+                                        "text_reconstruction": 0.0, "m3ae": 0.0,
+                                        "m3ae_text_weight": 0.5, "norm_pix": True})
     # 'local': each device scores its own rows against the gathered other tower, in chunks
     # (per-device memory flat in the device count); 'global': the whole B x B logits.
     c.loss.contrastive_impl = "local"

@@ -75,10 +75,11 @@ def paper_config(model: str, regime: str, arg=None) -> ml_collections.ConfigDict
     c.input.mean = (0.48145466, 0.4578275, 0.40821073)  # CLIP's normalisation
     c.input.std = (0.26862954, 0.26130258, 0.27577711)
 
-    c.model.image = dict(variant="B/16", posemb="sincos2d", pooling="gap")
-    c.model.text = dict(variant="M", pooling="eot", vocab_size=None)  # 12 x 512, 8 heads
-    c.model.decoder = dict(width=512, depth=8, mlp_dim=2048, num_heads=16)
-    c.model.text_decoder = dict(width=512, depth=2, mlp_dim=2048, num_heads=8)
+    # update(), not assignment: the towers keep their unset override fields (config_lib).
+    c.model.image.update(dict(variant="B/16", posemb="sincos2d", pooling="gap"))
+    c.model.text.update(dict(variant="M", pooling="eot"))  # 12 x 512, 8 heads
+    c.model.decoder.update(dict(width=512, depth=8, mlp_dim=2048, num_heads=16))
+    c.model.text_decoder.update(dict(width=512, depth=2, mlp_dim=2048, num_heads=8))
     c.model.embed_dim = 512
     c.model.dtype = "bfloat16"
     c.masking.ratio = 0.75
