@@ -1,6 +1,8 @@
 """results.md: the metrics of results.json in the layout of the paper's tables (one row per
 run, column groups per task, accuracies and recalls in percent with one decimal), followed by
-every metric in full."""
+every metric in full; and results.json itself (a flat metric -> value mapping). Both are
+written through tf.io.gfile, so a gs:// workdir works."""
+import json
 import os
 from typing import List, Tuple
 
@@ -59,9 +61,30 @@ def markdown(results: dict, evals_config: dict, not_applicable: dict = None) -> 
     return "\n".join(lines) + "\n"
 
 
+def _write(path: str, text: str) -> None:
+    import tensorflow as tf
+    tf.io.gfile.makedirs(os.path.dirname(path) or ".")
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write(text)
+
+
 def write_markdown(workdir: str, results: dict, evals_config: dict,
                    not_applicable: dict = None) -> str:
+    """Writes <workdir>/results.md. `not_applicable` ({name: reason}) defaults to the
+    evaluators of `evals_config` that the latest `evaluation.build_evaluators` skipped."""
+    if not not_applicable:
+        from maeclip_jax import evaluation
+        not_applicable = evaluation.last_not_applicable(evals_config)
     path = os.path.join(workdir, "results.md")
-    with open(path, "w") as f:
-        f.write(markdown(results, evals_config, not_applicable))
+    _write(path, markdown(results, evals_config, not_applicable))
+    return path
+
+
+def write_json(workdir: str, results: dict) -> str:
+    """Writes <workdir>/results.json: the flat {metric: value} mapping (plus step, config)."""
+    nested = sorted(k for k, v in results.items() if isinstance(v, dict))
+    if nested:
+        raise ValueError(f"results.json must map metrics to values; {nested} hold dicts")
+    path = os.path.join(workdir, "results.json")
+    _write(path, json.dumps(results, indent=2, sort_keys=True))
     return path
