@@ -27,13 +27,23 @@ def get_config(arg=None):
     c.checkpoint_every_steps = 200
     c.optimizer.lr = 1e-3
     c.optimizer.warmup_steps = 40
-    c.evals.retrieval = dict(num_images=256, captions_per_image=5)
-    c.evals.grounding = dict(num_images=128, num_pictures=4)
+    # Every field the evaluators read is listed with a typed default, so that any of them can be
+    # set on the command line ('' / 0 = unset); see maeclip_jax/evaluation/*.py.
+    # retrieval.dataset: 'builtin', 'tfds:coco_captions' (split, data_dir, image_key, text_key)
+    # or 'img2dataset:PATTERN' (Flickr30k shards; format, one caption per line of KEY.txt).
+    c.evals.retrieval = dict(dataset="builtin", num_images=256, captions_per_image=5,
+                             batch_size=256, split="", data_dir="", image_key="image",
+                             text_key="captions/text", format="auto")
+    c.evals.grounding = dict(num_images=128, num_pictures=4, batch_size=128, threshold=0.5,
+                             layer="", weighting="channel")
     if arg == "full":
-        c.evals.linear_probe_logistic = dict(type="linear_probe", protocol="logistic",
-                                             num_examples=2048)
-        c.evals.vqa = dict(num_train_images=2048, num_test_images=512, questions_per_image=3,
-                           steps=500, batch_size=64)
+        c.evals.linear_probe_logistic = dict(c.evals.linear_probe.to_dict(), type="linear_probe",
+                                             protocol="logistic", num_examples=2048)
+        c.evals.vqa = dict(dataset="builtin", test_file="", image_dir="", num_train_images=2048,
+                           num_test_images=512, questions_per_image=3, steps=500, batch_size=64,
+                           eval_batch_size=256, lr=3e-4, warmup_steps=30, weight_decay=1e-4,
+                           freeze_towers=False,
+                           head=dict(width=128, depth=2, num_heads=4, mlp_dim=512))
     elif arg:
         raise ValueError(f"configs/maeclip_tiny.py: unknown argument {arg!r}; use ':full' or none")
     return c

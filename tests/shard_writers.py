@@ -45,13 +45,15 @@ def broken_member(kind: str, index: int, image_size: int = 48):
 
 
 def write_tar(path: str, indices: Sequence[int], broken: Sequence[str] = (),
-              image_size: int = 48) -> List[str]:
+              image_size: int = 48, captions: Sequence[str] = None) -> List[str]:
     """A webdataset shard of good examples `indices` followed by one member per broken kind.
-    Returns the captions of the good examples."""
+    `captions` (one per index; may hold several lines, as Flickr30k's 5 captions an image)
+    replace the built-in captions. Returns the captions of the good examples."""
     caps = []
     with tarfile.open(path, "w") as tar:
-        for i in indices:
+        for j, i in enumerate(indices):
             jpg, cap = example(i, image_size)
+            cap = cap if captions is None else captions[j]
             key = f"{i:09d}"
             _add(tar, key + ".jpg", jpg)
             _add(tar, key + ".txt", cap.encode())
@@ -67,14 +69,17 @@ def write_tar(path: str, indices: Sequence[int], broken: Sequence[str] = (),
 
 
 def write_tfrecord(path: str, indices: Sequence[int], broken: Sequence[str] = (),
-                   image_size: int = 48) -> List[str]:
-    """A TFRecord shard as img2dataset writes it (bytes features jpg, txt, key)."""
+                   image_size: int = 48, captions: Sequence[str] = None) -> List[str]:
+    """A TFRecord shard as img2dataset writes it (bytes features jpg, txt, key); `captions`
+    as in write_tar."""
     def feature(b):
         return tf.train.Feature(bytes_list=tf.train.BytesList(value=[b]))
     caps = []
     with tf.io.TFRecordWriter(path) as w:
-        rows = [(example(i, image_size)[0], example(i, image_size)[1].encode(), f"{i:09d}")
-                for i in indices]
+        rows = []
+        for j, i in enumerate(indices):
+            jpg, cap = example(i, image_size)
+            rows.append((jpg, (cap if captions is None else captions[j]).encode(), f"{i:09d}"))
         caps = [r[1].decode() for r in rows]
         for j, kind in enumerate(broken):
             jpg, cap = broken_member(kind, 10_000 + j, image_size)

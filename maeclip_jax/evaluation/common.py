@@ -1,6 +1,9 @@
-"""Shared evaluation plumbing: sharded, padded batched inference and evaluation datasets."""
+"""Shared evaluation plumbing: sharded, padded batched inference, config fields, and the
+evaluation datasets (built-in, TFDS, the centre crop every evaluator uses)."""
 import functools
-from typing import Callable, Dict
+import logging
+import re
+from typing import Callable, Dict, Iterator, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +12,155 @@ import numpy as np
 
 from maeclip_jax import sharding
 from maeclip_jax.train_step import normalize_images
+
+
+def is_unset(value) -> bool:
+    """None, '' and empty tuples / lists mean "not set": the typed defaults of config.evals
+    (so that every field can be overridden from the command line, which ml_collections refuses
+    for fields whose default is None)."""
+    return value is None or (isinstance(value, (str, tuple, list)) and len(value) == 0)
+
+
+def field(cfg, key: str, default=None):
+    """`cfg.key`, or `default` when the field is absent or unset (see `is_unset`)."""
+    value = cfg.get(key, None)
+    return default if is_unset(value) else value
+
+
+def dataset_kind(cfg, name: str, allowed: Sequence[str]) -> Tuple[str, str]:
+    """`config.evals.<name>.dataset` -> (kind, argument): 'builtin' -> ('builtin', ''),
+    'tfds:NAME' -> ('tfds', 'NAME'), 'img2dataset:PATTERN' -> ('img2dataset', 'PATTERN').
+    Raises ValueError naming the field when the kind is not among `allowed`."""
+    spec = field(cfg, "dataset", "builtin")
+    kind, _, arg = spec.partition(":")
+    if kind not in allowed or (kind == "builtin") != (arg == ""):
+        forms = {"builtin": "'builtin'", "tfds": "'tfds:NAME'",
+                 "img2dataset": "'img2dataset:PATTERN'"}
+        raise ValueError(f"config.evals.{name}.dataset={spec!r}: expected "
+                         + " or ".join(forms[k] for k in allowed))
+    return kind, arg
+
+
+def resize_center_crop(image, size: int):
+    """An image `[H, W, C]` (numpy or tensor; C = 1, 3 or 4) -> uint8 tensor
+    `[size, size, 3]`: the shorter side resized to `size` (antialiased bilinear), then the
+    centre `size` x `size` crop. The one resize of every evaluator's external images; works
+    eagerly and inside tf.data."""
+    import tensorflow as tf
+    img = tf.convert_to_tensor(image)
+    channels = img.shape[-1]
+    if channels == 1:
+        img = tf.image.grayscale_to_rgb(img)
+    elif channels == 4:
+        img = img[..., :3]
+    shape = tf.cast(tf.shape(img)[:2], tf.float64)
+    scale = size / tf.reduce_min(shape)
+    new = tf.maximum(size, tf.cast(tf.round(shape * scale), tf.int32))
+    r = tf.image.resize(img, new, antialias=True)
+    top, left = (new[0] - size) // 2, (new[1] - size) // 2
+    r = r[top:top + size, left:left + size]
+    out = tf.cast(tf.clip_by_value(tf.round(r), 0, 255), tf.uint8)
+    out.set_shape([size, size, 3])
+    return out
+
+
+def get_path(example: dict, path: str, what: str):
+    """`example['a']['b']` for path 'a/b' (or a flat key holding '/'); a missing key raises
+    KeyError naming `what` (the config field) and the keys there are."""
+    if path in example:
+        return example[path]
+    node = example
+    for part in path.split("/"):
+        if not hasattr(node, "keys") or part not in node:
+            raise KeyError(f"{what}={path!r}: not a feature of the dataset; it has "
+                           f"{sorted(example.keys())}")
+        node = node[part]
+    return node
+
+
+# ----------------------------------------------------------------------------- TFDS
+
+
+def tfds_builder(name: str, dataset: str, data_dir: str):
+    """The TFDS builder of `dataset` (never downloads); errors name the config field."""
+    import tensorflow_datasets as tfds
+    try:
+        return tfds.builder(dataset, data_dir=data_dir or None)
+    except Exception as e:  # noqa: BLE001 (re-raised naming the config field)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FileNotFoundError(f"config.evals.{name}.dataset='tfds:{dataset}': {first} "
+                                f"(data_dir={data_dir or None!r})") from e
+
+
+def tfds_split(builder, name: str, split_field: str, split: str, data_dir: str):
+    """`builder.as_dataset(split)`, in file order (the same on every host), images decoded.
+    Nothing is downloaded: a dataset not prepared in data_dir raises FileNotFoundError naming
+    the config fields, the dataset and data_dir."""
+    known = list(builder.info.splits)  # empty under tfds.testing.mock_data
+    base = re.split(r"[\[+]", split)[0]
+    if known and base not in known:
+        raise ValueError(f"config.evals.{name}.{split_field}={split!r}: TFDS "
+                         f"{builder.name!r} has splits {sorted(known)}")
+    try:
+        return builder.as_dataset(split=split, shuffle_files=False)
+    except Exception as e:  # noqa: BLE001 (re-raised naming the config field)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FileNotFoundError(
+            f"config.evals.{name}.dataset='tfds:{builder.name}' ({split_field}={split!r}) is "
+            f"not prepared in config.evals.{name}.data_dir={data_dir or None!r}; evaluation "
+            f"never downloads: prepare it with `tfds build {builder.name} --data_dir=DIR` (or "
+            f"tfds.builder(...).download_and_prepare()) and set data_dir. ({first})") from e
+
+
+def default_test_split(builder) -> str:
+    """'validation' where the dataset has one (imagenet2012), else 'test' (cifar10, pets)."""
+    return "validation" if "validation" in list(builder.info.splits) else "test"
+
+
+def tfds_class_feature(builder, name: str, label_key: str):
+    """The ClassLabel feature at `label_key` (None if the label is not a ClassLabel)."""
+    import tensorflow_datasets as tfds
+    feats = builder.info.features
+    try:
+        feat = get_path(feats, label_key, f"config.evals.{name}.label_key")
+    except KeyError as e:
+        raise KeyError(f"{e.args[0]} (TFDS {builder.name!r})") from None
+    return feat if isinstance(feat, tfds.features.ClassLabel) else None
+
+
+def tfds_image_label_chunks(ds, name: str, image_key: str, label_key: str, image_size: int,
+                            num_examples: int, chunk: int) -> Iterator[dict]:
+    """Numpy chunks {image uint8 `[n, S, S, 3]` (resize_center_crop), label int64 `[n]`} of
+    a TFDS split, at most `num_examples` (0 = all) examples, decoded in parallel, in order."""
+    import tensorflow as tf
+    if num_examples > 0:
+        ds = ds.take(num_examples)
+    spec = ds.element_spec
+    get_path(spec, image_key, f"config.evals.{name}.image_key")  # fail with the keys there
+    get_path(spec, label_key, f"config.evals.{name}.label_key")
+
+    def prep(ex):
+        return {"image": resize_center_crop(get_path(ex, image_key, "image_key"), image_size),
+                "label": tf.cast(get_path(ex, label_key, "label_key"), tf.int64)}
+    ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    yield from ds.batch(chunk).prefetch(1).as_numpy_iterator()
+
+
+def features_of_chunks(model, params, chunks: Iterator[dict], config, batch_size: int, mesh,
+                       keys: Sequence[str]) -> Tuple[dict, np.ndarray]:
+    """Image features `keys` (of image_features) and labels of every chunk, concatenated, so
+    that only one chunk of images is in memory at a time."""
+    feats: Dict[str, list] = {k: [] for k in keys}
+    labels = []
+    for c in chunks:
+        out = image_features(model, params, c["image"], config, batch_size, mesh)
+        for k in keys:
+            feats[k].append(out[k])
+        labels.append(c["label"])
+    if not labels:
+        raise ValueError("the TFDS split holds no examples")
+    logging.info("computed image features of %d examples", sum(len(y) for y in labels))
+    return {k: np.concatenate(v) for k, v in feats.items()}, np.concatenate(labels)
 
 
 def batched_apply(fn: Callable, arrays: Dict[str, np.ndarray], batch_size: int, mesh,

@@ -118,37 +118,88 @@ def few_shot_indices(y: np.ndarray, shots: int) -> np.ndarray:
 
 @evaluation.register("linear_probe")
 class LinearProbe:
-    """Config: num_examples (split half/half into fit and test), batch_size, dataset
-    ('builtin'), feature ('pooled'), protocol ('ridge' | 'logistic'), shots (ridge only; 0 =
-    all fit examples), c_grid / l2_grid (optional)."""
+    """Config (fields read; '' / () / 0 mean unset where noted):
+
+    - dataset: 'builtin' (default: the built-in eval split, 24 colour x shape classes,
+      `num_examples` of it split half/half into fit and test) or 'tfds:NAME' (any TFDS image
+      classification dataset, e.g. 'tfds:imagenet2012', 'tfds:cifar10'; never downloaded).
+    - TFDS only: train_split (fit split, default 'train', e.g. 'train[:10000]'), test_split
+      (default 'validation' where the dataset has one, else 'test'), data_dir, image_key
+      ('image'), label_key ('label'), num_train_examples / num_test_examples (caps; 0 = the
+      whole split). Images: shorter side resized to config.input.image_size, centre crop.
+    - protocol ('ridge' | 'logistic'), shots (ridge only; 0 = all fit examples), feature
+      ('pooled'), c_grid / l2_grid (() = the defaults), batch_size.
+    """
 
     def __init__(self, name, cfg, config, model, tokenizer, mesh):
         self.name, self.cfg, self.config, self.model, self.mesh = name, cfg, config, model, mesh
-        if cfg.get("dataset", "builtin") != "builtin":
-            raise ValueError(f"config.evals.{name}.dataset={cfg.dataset!r}: only 'builtin' so far")
-        if cfg.get("protocol", "ridge") not in ("ridge", "logistic"):
-            raise ValueError(f"config.evals.{name}.protocol={cfg.protocol!r}: expected 'ridge' "
+        self.kind, self.dataset = common.dataset_kind(cfg, name, ("builtin", "tfds"))
+        self.protocol = common.field(cfg, "protocol", "ridge")
+        if self.protocol not in ("ridge", "logistic"):
+            raise ValueError(f"config.evals.{name}.protocol={self.protocol!r}: expected 'ridge' "
                              "or 'logistic'")
-        if cfg.get("shots", 0) and cfg.get("protocol", "ridge") != "ridge":
+        if common.field(cfg, "shots", 0) and self.protocol != "ridge":
             raise ValueError(f"config.evals.{name}.shots: few-shot is for the ridge protocol")
+        if self.kind == "tfds":
+            # Fail now (before any training) if the dataset or a split is not there.
+            data_dir = common.field(cfg, "data_dir", "")
+            self.builder = common.tfds_builder(name, self.dataset, data_dir)
+            self.train_split = common.field(cfg, "train_split", "train")
+            self.test_split = common.field(cfg, "test_split",
+                                            common.default_test_split(self.builder))
+            for f, split in (("train_split", self.train_split), ("test_split", self.test_split)):
+                common.tfds_split(self.builder, name, f, split, data_dir)
+            label_key = common.field(cfg, "label_key", "label")
+            feat = common.tfds_class_feature(self.builder, name, label_key)
+            self.num_classes = feat.num_classes if feat is not None else None
 
-    def run(self, params) -> dict:
+    def _tfds_features(self, params, split_field: str, split: str, cap: int):
+        cfg = self.cfg
+        bs = common.field(cfg, "batch_size", 256)
+        ds = common.tfds_split(self.builder, self.name, split_field, split,
+                               common.field(cfg, "data_dir", ""))
+        chunks = common.tfds_image_label_chunks(
+            ds, self.name, common.field(cfg, "image_key", "image"),
+            common.field(cfg, "label_key", "label"), self.config.input.image_size,
+            cap, 16 * bs)
+        feature = common.field(cfg, "feature", "pooled")
+        feats, y = common.features_of_chunks(self.model, params, chunks, self.config, bs,
+                                             self.mesh, (feature,))
+        return feats[feature], y
+
+    def data(self, params):
+        """(fit_x, fit_y, test_x, test_y, num_classes)."""
         from maeclip_jax.data import builtin
+        if self.kind == "tfds":
+            fit_x, fit_y = self._tfds_features(
+                params, "train_split", self.train_split,
+                int(common.field(self.cfg, "num_train_examples", 0)))
+            test_x, test_y = self._tfds_features(
+                params, "test_split", self.test_split,
+                int(common.field(self.cfg, "num_test_examples", 0)))
+            n = self.num_classes or int(max(fit_y.max(), test_y.max())) + 1
+            return fit_x, fit_y, test_x, test_y, n
         data = common.builtin_eval_split(self.config.seed, self.cfg.num_examples,
                                          self.config.input.image_size)
         feats = common.image_features(self.model, params, data["image"], self.config,
-                                      self.cfg.get("batch_size", 256), self.mesh)
-        x = feats[self.cfg.get("feature", "pooled")]
+                                      common.field(self.cfg, "batch_size", 256), self.mesh)
+        x = feats[common.field(self.cfg, "feature", "pooled")]
         y = data["label"]
         half = len(x) // 2
-        fit_x, fit_y = x[:half], y[:half]
-        if self.cfg.get("protocol", "ridge") == "logistic":
-            kw = {"c_grid": tuple(self.cfg.c_grid)} if self.cfg.get("c_grid") else {}
-            res = logistic_probe(fit_x, fit_y, x[half:], y[half:], builtin.NUM_CLASSES, **kw)
+        return x[:half], y[:half], x[half:], y[half:], builtin.NUM_CLASSES
+
+    def run(self, params) -> dict:
+        fit_x, fit_y, test_x, test_y, num_classes = self.data(params)
+        if self.protocol == "logistic":
+            grid = common.field(self.cfg, "c_grid", None)
+            kw = {"c_grid": tuple(grid)} if grid else {}
+            res = logistic_probe(fit_x, fit_y, test_x, test_y, num_classes, **kw)
         else:
-            if self.cfg.get("shots", 0):
-                keep = few_shot_indices(fit_y, self.cfg.shots)
+            shots = common.field(self.cfg, "shots", 0)
+            if shots:
+                keep = few_shot_indices(fit_y, shots)
                 fit_x, fit_y = fit_x[keep], fit_y[keep]
-            kw = {"l2_grid": tuple(self.cfg.l2_grid)} if self.cfg.get("l2_grid") else {}
-            res = ridge_probe(fit_x, fit_y, x[half:], y[half:], builtin.NUM_CLASSES, **kw)
+            grid = common.field(self.cfg, "l2_grid", None)
+            kw = {"l2_grid": tuple(grid)} if grid else {}
+            res = ridge_probe(fit_x, fit_y, test_x, test_y, num_classes, **kw)
         return {f"{self.name}/{k}": v for k, v in res.items()}

@@ -6,12 +6,21 @@ Datasets (`config.evals.<name>.dataset`):
   (common.builtin_scenes), each with `captions_per_image` captions written from the scene's
   ground truth (the generator's caption plus re-wordings: other prefixes, other object orders,
   with and without positions).
-- 'tfds:NAME' (e.g. 'tfds:coco_captions', split from `split`, default 'val'): images with
-  `captions/text` as TFDS coco_captions stores them; read from `data_dir` with download=False.
+- 'tfds:NAME' (e.g. 'tfds:coco_captions', split from `split`, default 'val'): images
+  (`image_key`, default 'image') with all their captions (`text_key`, default 'captions/text'
+  as TFDS coco_captions stores them); read from `data_dir`, never downloaded.
+- 'img2dataset:PATTERN' (e.g. Flickr30k as img2dataset writes it: 'img2dataset:/data/
+  flickr30k_test/{00000..00001}.tar', ';'-separated patterns, local or gs://): webdataset .tar
+  or TFRecord shards (`format` 'auto' | 'tar' | 'tfrecord'), read with data/shards.py. An
+  image's captions are the non-empty lines of its caption (KEY.txt / the `txt` feature). Broken
+  records (no image or caption, undecodable image, non-UTF-8 text) are skipped and logged.
+External images are resized (shorter side) and centre-cropped to config.input.image_size
+(common.resize_center_crop); `num_images` caps how many are read (0 = all).
 
 Ties count against the model (an item scoring the same as the correct one ranks above it), so a
 constant model gets chance-level recall, not 100%.
 """
+import logging
 from typing import Sequence
 
 import numpy as np
@@ -84,61 +93,145 @@ def builtin_retrieval_set(seed: int, num_images: int, captions_per_image: int,
 
 
 def tfds_retrieval_set(name: str, split: str, num_images: int, image_size: int,
-                       data_dir: str = None) -> dict:
+                       data_dir: str = None, image_key: str = "image",
+                       text_key: str = "captions/text", eval_name: str = "retrieval") -> dict:
     """Images (resized shorter side + centre crop) and all their captions from a TFDS captioning
-    dataset with features image and captions/text (coco_captions)."""
-    import tensorflow_datasets as tfds
-    try:
-        ds = tfds.load(name, split=split, data_dir=data_dir, download=False)
-    except Exception as e:  # noqa: BLE001 (re-raised with the config field named)
-        raise FileNotFoundError(f"config.evals.*.dataset='tfds:{name}' split {split!r}: not "
-                                f"prepared in data_dir={data_dir!r} ({e})") from e
-    images, texts, t2i = [], [], []
-    for i, ex in enumerate(ds.take(num_images).as_numpy_iterator()):
-        images.append(_resize_crop(ex["image"], image_size))
-        for c in ex["captions"]["text"]:
-            texts.append(c.decode())
-            t2i.append(i)
-    return {"image": np.stack(images), "texts": texts, "text_to_image": np.array(t2i)}
-
-
-def _resize_crop(img: np.ndarray, size: int) -> np.ndarray:
+    dataset (coco_captions: features image and captions/text). num_images 0 = all."""
     import tensorflow as tf
-    h, w = img.shape[:2]
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    r = tf.image.resize(img, [nh, nw], antialias=True)
-    top, left = (nh - size) // 2, (nw - size) // 2
-    return np.clip(np.round(r.numpy()[top:top + size, left:left + size]), 0, 255).astype(np.uint8)
+    builder = common.tfds_builder(eval_name, name, data_dir)
+    ds = common.tfds_split(builder, eval_name, "split", split, data_dir)
+    if num_images > 0:
+        ds = ds.take(num_images)
+    common.get_path(ds.element_spec, image_key, f"config.evals.{eval_name}.image_key")
+    common.get_path(ds.element_spec, text_key, f"config.evals.{eval_name}.text_key")
+
+    def prep(ex):
+        txt = common.get_path(ex, text_key, "text_key")
+        return {"image": common.resize_center_crop(common.get_path(ex, image_key, "image_key"),
+                                                   image_size),
+                "text": tf.reshape(txt, [-1])}  # one caption or a sequence of them
+    ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    images, texts, t2i = [], [], []
+    for ex in ds.as_numpy_iterator():
+        caps = [c.decode("utf-8", "replace").strip() for c in ex["text"]]
+        caps = [c for c in caps if c]
+        if not caps:
+            continue
+        texts += caps
+        t2i += [len(images)] * len(caps)
+        images.append(ex["image"])
+    return _retrieval_set(images, texts, t2i, f"TFDS {name!r} split {split!r}")
+
+
+def caption_lines(raw: bytes) -> list:
+    """The captions of one image: the non-empty, stripped lines of its caption text (raises
+    UnicodeDecodeError on non-UTF-8 bytes)."""
+    return [line.strip() for line in raw.decode("utf-8").splitlines() if line.strip()]
+
+
+def img2dataset_retrieval_set(pattern: str, num_images: int, image_size: int,
+                              fmt: str = "auto", eval_name: str = "retrieval") -> dict:
+    """Images (resized shorter side + centre crop) and their captions (one per line) from
+    img2dataset shards, in file order then archive order; broken records skipped and counted."""
+    import tensorflow as tf
+    from maeclip_jax.data import shards
+    files, formats = img2dataset_files(pattern, fmt, eval_name)
+    images, texts, t2i, skipped = [], [], [], 0
+    for path, f in zip(files, formats):
+        if 0 < num_images <= len(images):
+            break
+        records = shards.READERS[f](tf.constant(path))
+        if shards.PARSERS[f] is not None:
+            records = records.map(shards.PARSERS[f])
+        for rec in records.as_numpy_iterator():
+            if 0 < num_images <= len(images):
+                break
+            try:
+                if not rec["ok"]:
+                    raise ValueError("no image or no caption")
+                caps = caption_lines(rec["txt"])
+                if not caps:
+                    raise ValueError("empty caption")
+                img = tf.io.decode_image(rec["jpg"], channels=3, expand_animations=False)
+                img = common.resize_center_crop(img, image_size).numpy()
+            except (ValueError, UnicodeDecodeError, tf.errors.InvalidArgumentError):
+                skipped += 1
+                continue
+            texts += caps
+            t2i += [len(images)] * len(caps)
+            images.append(img)
+    if skipped:
+        logging.warning("config.evals.%s: skipped %d broken records of %s", eval_name, skipped,
+                        pattern)
+    return _retrieval_set(images, texts, t2i, f"img2dataset shards {pattern!r}")
+
+
+def img2dataset_files(pattern: str, fmt: str, eval_name: str) -> tuple:
+    """(files, their formats) of a ';'-separated list of glob / brace patterns; raises
+    FileNotFoundError naming the config field when a pattern matches nothing or a file's
+    format is unknown."""
+    from maeclip_jax.data import shards
+    try:
+        files = shards.list_files(pattern)
+        return files, [shards.shard_format(f, fmt) for f in files]
+    except shards.DataError as e:
+        msg = (str(e).replace("config.input.data pattern", "pattern")
+               .replace("config.input.format", f"config.evals.{eval_name}.format"))
+        raise FileNotFoundError(f"config.evals.{eval_name}.dataset='img2dataset:{pattern}' "
+                                f"(format={fmt!r}): {msg}") from e
+
+
+def _retrieval_set(images: list, texts: list, t2i: list, what: str) -> dict:
+    if not images:
+        raise ValueError(f"retrieval: no usable image with captions in {what}")
+    logging.info("retrieval set: %d images, %d captions from %s", len(images), len(texts), what)
+    return {"image": np.stack(images), "texts": texts, "text_to_image": np.array(t2i)}
 
 
 @evaluation.register("retrieval")
 class Retrieval:
-    """Config: dataset ('builtin' | 'tfds:NAME'), num_images, captions_per_image (builtin),
-    split / data_dir (tfds), batch_size."""
+    """Config: dataset ('builtin' | 'tfds:NAME' | 'img2dataset:PATTERN'), num_images (0 = all
+    for tfds / img2dataset; default 256 builtin, 5000 tfds), batch_size; builtin:
+    captions_per_image; tfds: split ('val'), data_dir, image_key ('image'), text_key
+    ('captions/text'); img2dataset: format ('auto' | 'tar' | 'tfrecord'). ''/() mean unset."""
 
     requires = ("image_embedding", "text_embedding")
 
     def __init__(self, name, cfg, config, model, tokenizer, mesh):
         self.name, self.cfg, self.config, self.model = name, cfg, config, model
         self.tokenizer, self.mesh = tokenizer, mesh
-        ds = cfg.get("dataset", "builtin")
-        if ds != "builtin" and not ds.startswith("tfds:"):
-            raise ValueError(f"config.evals.{name}.dataset={ds!r}: expected 'builtin' or "
-                             "'tfds:NAME'")
+        self.kind, self.dataset = common.dataset_kind(cfg, name,
+                                                      ("builtin", "tfds", "img2dataset"))
+        self._external = None  # the tfds / img2dataset set, read once
+        if self.kind == "img2dataset":  # fail now, before any training, if no shard is there
+            img2dataset_files(self.dataset, common.field(cfg, "format", "auto"), name)
+        elif self.kind == "tfds":
+            data_dir = common.field(cfg, "data_dir", "")
+            common.tfds_split(common.tfds_builder(name, self.dataset, data_dir), name, "split",
+                              common.field(cfg, "split", "val"), data_dir)
 
     def data(self) -> dict:
-        ds, size = self.cfg.get("dataset", "builtin"), self.config.input.image_size
-        if ds == "builtin":
-            return builtin_retrieval_set(self.config.seed, self.cfg.get("num_images", 256),
-                                         self.cfg.get("captions_per_image", 5), size)
-        return tfds_retrieval_set(ds[len("tfds:"):], self.cfg.get("split", "val"),
-                                  self.cfg.get("num_images", 5000), size,
-                                  self.cfg.get("data_dir"))
+        cfg, size = self.cfg, self.config.input.image_size
+        if self.kind == "builtin":
+            return builtin_retrieval_set(self.config.seed, common.field(cfg, "num_images", 256),
+                                         common.field(cfg, "captions_per_image", 5), size)
+        if self._external is None:
+            if self.kind == "tfds":
+                self._external = tfds_retrieval_set(
+                    self.dataset, common.field(cfg, "split", "val"),
+                    int(common.field(cfg, "num_images", 5000)), size,
+                    common.field(cfg, "data_dir", "") or None,
+                    common.field(cfg, "image_key", "image"),
+                    common.field(cfg, "text_key", "captions/text"), self.name)
+            else:
+                self._external = img2dataset_retrieval_set(
+                    self.dataset, int(common.field(cfg, "num_images", 0)), size,
+                    common.field(cfg, "format", "auto"), self.name)
+        return self._external
 
     def run(self, params) -> dict:
         d = self.data()
-        bs = self.cfg.get("batch_size", 256)
+        bs = common.field(self.cfg, "batch_size", 256)
         img = common.image_features(self.model, params, d["image"], self.config, bs,
                                     self.mesh)["embedding"]
         txt = common.text_embeddings(self.model, params,

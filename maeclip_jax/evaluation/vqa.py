@@ -9,7 +9,9 @@ Design (the head, `VQAHead`):
   self-attention: every token sees both modalities) -> the query token -> LayerNorm -> Dense
   over the answer vocabulary (every answer of the training questions, sorted).
 The towers run exactly as in pre-training (`encode_image` / `encode_text`), so the head works
-for every model with a text tower (CLIP, MAE-CLIP, M3AE); image-only models (MAE) are skipped.
+for every model with a separate text tower (CLIP, MAE-CLIP). Models without `encode_text` are
+skipped with a logged reason: MAE (image only) and M3AE (one joint encoder, no separate text
+tower whose question tokens the head could read).
 `freeze_towers=True` trains the head only (a probe of the frozen tokens).
 
 Questions: the common format is one JSON object per line with `question_id`, `image`,
@@ -106,8 +108,9 @@ def generate_questions(scene: dict, seed: int, per_image: int = 3) -> List[dict]
 
 def read_jsonl(path: str) -> List[dict]:
     """Questions in the common format; names the file and line of a bad record."""
+    import tensorflow as tf
     out = []
-    with open(path) as f:
+    with tf.io.gfile.GFile(path) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -151,20 +154,21 @@ class VQAHead(nn.Module):
 class VQA:
     """Config: dataset ('builtin' | path of a common-format JSONL file for training, with
     `test_file` and `image_dir`), num_train_images / num_test_images / questions_per_image
-    (builtin), steps, batch_size, lr, warmup_steps, weight_decay, freeze_towers, head
-    (width, depth, num_heads, mlp_dim)."""
+    (builtin), steps, batch_size, eval_batch_size, lr, warmup_steps, weight_decay,
+    freeze_towers, head (width, depth, num_heads, mlp_dim). dataset '' means 'builtin'."""
 
     requires = ("text_tokens",)
 
     def __init__(self, name, cfg, config, model, tokenizer, mesh):
         self.name, self.cfg, self.config, self.model = name, cfg, config, model
         self.tokenizer, self.mesh = tokenizer, mesh
-        ds = cfg.get("dataset", "builtin")
+        ds = common.field(cfg, "dataset", "builtin")
         if ds != "builtin":
             for key in ("test_file", "image_dir"):
                 if not cfg.get(key):
                     raise ValueError(f"config.evals.{name}.{key} is needed with dataset={ds!r}")
-            if not os.path.exists(ds):
+            import tensorflow as tf
+            if not tf.io.gfile.exists(ds):
                 raise FileNotFoundError(f"config.evals.{name}.dataset: no file {ds!r}")
 
     # --- data ---
@@ -173,7 +177,7 @@ class VQA:
         """(train, test): dicts of image `uint8 [Q, H, W, 3]`, question tokens `[Q, L]`, answer
         strings, types."""
         size, cfg = self.config.input.image_size, self.cfg
-        if cfg.get("dataset", "builtin") == "builtin":
+        if common.field(cfg, "dataset", "builtin") == "builtin":
             per = cfg.get("questions_per_image", 3)
             splits = []
             for off, n in ((2, cfg.get("num_train_images", 512)),
@@ -192,17 +196,18 @@ class VQA:
         return out
 
     def _load_images(self, qs: List[dict]):
+        import tensorflow as tf
         from PIL import Image
-        from maeclip_jax.evaluation.retrieval import _resize_crop
         names = sorted({str(q["image"]) for q in qs})
         pos = {n: i for i, n in enumerate(names)}
         imgs = []
         for n in names:
             path = os.path.join(self.cfg.image_dir, n)
-            if not os.path.exists(path):
+            if not tf.io.gfile.exists(path):
                 raise FileNotFoundError(f"config.evals.{self.name}.image_dir: no image {path!r}")
-            imgs.append(_resize_crop(np.asarray(Image.open(path).convert("RGB")),
-                                     self.config.input.image_size))
+            with tf.io.gfile.GFile(path, "rb") as f:
+                img = np.asarray(Image.open(f).convert("RGB"))
+            imgs.append(common.resize_center_crop(img, self.config.input.image_size).numpy())
         return np.stack(imgs), [dict(q, image=pos[str(q["image"])]) for q in qs]
 
     # --- model ---
