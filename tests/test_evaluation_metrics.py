@@ -190,6 +190,75 @@ def test_pointing_game_and_iou_on_hand_made_masks():
     assert grounding.upsample(seg, 4, 4)[0].sum() == 8
 
 
+def _cell_mask(*cells):
+    """`bool [1, 8, 8]` holding the 4x4 patches `cells` of a 2x2 grid (0 1 / 2 3)."""
+    m = np.zeros((1, 8, 8), bool)
+    for c in cells:
+        m[0, 4 * (c // 2):4 * (c // 2) + 4, 4 * (c % 2):4 * (c % 2) + 4] = True
+    return m
+
+
+@pytest.mark.parametrize("scores,cells,k,expected", [
+    # A flat (all-zero, as after GradCAM's ReLU) map: every cell tied, so chance exactly.
+    ([0, 0, 0, 0], [3], 1, 1 / 4),
+    ([0, 0, 0, 0], [3], 2, 1 - 3 / 6),            # 1 - C(3,2) / C(4,2)
+    # A peak off the object, the rest tied at zero (position used to pick cells 1, 2 first).
+    ([5, 0, 0, 0], [3], 1, 0.0),
+    ([5, 0, 0, 0], [3], 2, 1 / 3),                # 1 free place among 3 tied, 1 of them a hit
+    ([5, 0, 0, 0], [3], 3, 1 - 1 / 3),            # 2 places among 3: 1 - C(2,2) / C(3,2)
+    ([5, 0, 0, 0], [0], 1, 1.0),                  # the peak is on the object
+    # Three cells tied at the top, the object on two cells (one of them tied).
+    ([3, 3, 3, 1], [1, 3], 1, 1 / 3),
+    ([3, 3, 3, 1], [1, 3], 2, 1 - 1 / 3),         # 2 of 3 tied cells, 1 hit: 1 - C(2,2)/C(3,2)
+    ([3, 3, 3, 1], [3], 3, 0.0),                  # the three tied cells fill all 3 places
+    # Values within 1e-5 of the map's range are ties (device-layout noise can't order them).
+    ([1.0, 1.0 + 1e-9, 0, 0], [0], 1, 1 / 2),
+    ([1.0, 1.0 + 1e-3, 0, 0], [0], 1, 0.0),
+])
+def test_pointing_game_counts_ties_as_a_uniform_random_pick(scores, cells, k, expected):
+    maps = np.array(scores, np.float64).reshape(1, 2, 2)
+    got = grounding.pointing_hits(maps, _cell_mask(*cells), k)
+    assert got.shape == (1,)
+    assert got[0] == pytest.approx(expected, abs=1e-12)
+
+
+def test_pointing_game_of_a_flat_map_is_the_chance_level_and_ties_are_exact():
+    rng = np.random.default_rng(0)
+    masks = np.zeros((40, 16, 16), bool)
+    for q in range(40):  # random rectangles on a 4x4 grid of 4x4 patches
+        y, x = rng.integers(0, 12, size=2)
+        masks[q, y:y + rng.integers(1, 5), x:x + rng.integers(1, 5)] = True
+    for k in (1, 5):
+        np.testing.assert_allclose(grounding.pointing_hits(np.zeros((40, 4, 4)), masks, k),
+                                   grounding.pointing_chance(masks, 4, 4, k), atol=1e-12)
+    # Monte Carlo reference: random orderings of maps with many exact ties (values 0..2).
+    maps = rng.integers(0, 3, size=(40, 4, 4)).astype(float)
+    cells = grounding.patch_coverage(masks, 4, 4) > 0
+    flat = maps.reshape(40, -1)
+    draws = []
+    for _ in range(4000):
+        key = flat + 0.1 * rng.uniform(size=flat.shape)   # random tie-break, order kept
+        top = np.argsort(-key, axis=1)[:, :5]
+        draws.append(np.take_along_axis(cells, top, 1).any(1))
+    mc = np.mean(draws, axis=0)
+    # 4000 draws: sd <= 0.008 per query; 5 sd.
+    np.testing.assert_allclose(grounding.pointing_hits(maps, masks, 5), mc, atol=0.04)
+
+
+def test_shuffled_pointing_chance_scores_maps_against_other_images_objects():
+    peaks, objects, image = [0, 0, 1, 2], [0, 1, 1, 3], np.array([0, 1, 2, 2])
+    maps = np.zeros((4, 2, 2))
+    for q, c in enumerate(peaks):
+        maps[q].flat[c] = 1.0
+    masks = np.concatenate([_cell_mask(c) for c in objects])
+    assert grounding.pointing_hits(maps, masks, 1).tolist() == [1.0, 0.0, 1.0, 0.0]
+    # By hand over the 10 pairs on different images (queries 2 and 3 share image 2): query 1's
+    # peak (cell 0) hits query 0's object, query 2's peak (cell 1) hits query 1's: 2 / 10.
+    assert grounding.pointing_shuffled(maps, masks, image, 1, num_shifts=3) == pytest.approx(0.2)
+    # k = 4 takes every cell: every pair hits.
+    assert grounding.pointing_shuffled(maps, masks, image, 4, num_shifts=3) == 1.0
+
+
 # --- VQA data ---
 
 def test_generated_questions_match_the_scenes():

@@ -19,7 +19,10 @@ Two maps per (image, prompt), both on the patch grid:
 On built-in training-style scenes (seeded apart from training) each object gives a prompt
 "a <colour> <shape>"; its true mask is the union of the objects matching it. Metrics:
 pointing-game top-1 / top-5 (does one of the k highest GradCAM patches contain a pixel of the
-object), the same for uniformly random patches (chance), and the mean IoU of the zero-shot masks.
+object; cells tied at the k-th place count as a uniformly random pick among them, see
+`pointing_hits`), two chance levels: uniformly random patches (`pointing_chance_top*`) and the
+same maps scored against other images' objects (`pointing_shuffled_top*`, the fair one for
+k > 1: a smooth map's top cells are neighbours), and the mean IoU of the zero-shot masks.
 PNG overlays (image | GradCAM | zero-shot mask | true mask) go to <workdir>/grounding/.
 """
 import math
@@ -93,22 +96,38 @@ def gradcam(model, params, images: jax.Array, text_emb: jax.Array, layer: Sequen
 
 
 def pointing_hits(maps: np.ndarray, masks: np.ndarray, k: int) -> np.ndarray:
-    """Pointing game: does any of the k highest cells of each map contain an object pixel?
+    """Pointing game with fair ties: the probability that the k highest cells of each map
+    include a cell holding an object pixel, when cells tied at the k-th highest score are
+    chosen uniformly at random (exact, combinatorial).
+
+    GradCAM maps are ReLU'd, so many cells are exactly 0: breaking such ties by position would
+    put the 'peaks' of a flat map on the first patches. Here a map that is flat across the k-th
+    boundary scores what a random pick among the tied cells would on average (an all-flat map
+    scores exactly the chance level, `pointing_chance`).
 
     Args:
       maps: `[Q, gh, gw]` scores on the patch grid; masks: `bool [Q, H, W]` true object masks
         (H, W multiples of gh, gw).
-    Returns: `bool [Q]`.
+    Returns: float `[Q]` in [0, 1]: 1.0 / 0.0 where no tie crosses the k-th place.
     """
     q, gh, gw = maps.shape
+    n = gh * gw
+    k = min(k, n)
     cells = patch_coverage(masks, gh, gw) > 0  # [Q, gh * gw]
-    # Scores equal to 1e-5 of the map's range are ties, broken by position (stable sort), so
-    # float noise of a different device layout can't reorder near-equal cells.
+    # Scores within 1e-5 of the map's range of each other are ties, so that float noise of a
+    # different device layout (1 vs 8 devices) can't reorder near-equal cells.
     flat = maps.reshape(q, -1).astype(np.float64)
     lo, hi = flat.min(1, keepdims=True), flat.max(1, keepdims=True)
     flat = np.round((flat - lo) / np.maximum(hi - lo, 1e-30), 5)
-    top = np.argsort(-flat, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(cells, top, axis=1).any(1)
+    kth = -np.sort(-flat, axis=1)[:, k - 1:k]  # [Q, 1] the k-th highest score
+    above, tied = flat > kth, flat == kth
+    free = k - above.sum(1)  # places left for the tied cells (>= 1)
+    m, h = tied.sum(1), (tied & cells).sum(1)  # tied cells, tied cells on the object
+    sure = (above & cells).any(1)
+    # P(some of `free` cells drawn from m without replacement is one of the h hits).
+    p_tie = np.array([1.0 - math.comb(int(mi - hi_), int(f)) / math.comb(int(mi), int(f))
+                      for mi, hi_, f in zip(m, h, free)])
+    return np.where(sure, 1.0, p_tie)
 
 
 def patch_coverage(masks: np.ndarray, gh: int, gw: int) -> np.ndarray:
@@ -122,6 +141,30 @@ def pointing_chance(masks: np.ndarray, gh: int, gw: int, k: int) -> np.ndarray:
     n = gh * gw
     hit = (patch_coverage(masks, gh, gw) > 0).sum(1)
     return np.array([1.0 - math.comb(n - h, k) / math.comb(n, k) for h in hit])
+
+
+def pointing_shuffled(maps: np.ndarray, masks: np.ndarray, image: np.ndarray, k: int,
+                      num_shifts: int = 16) -> float:
+    """A chance level that keeps each map's own spatial structure: the pointing game of every
+    map against the true masks of queries on other images (`num_shifts` evenly spaced cyclic
+    shifts of the query order; pairs on the same image left out).
+
+    `pointing_chance` assumes k independent random cells, but the k highest cells of a smooth
+    map are neighbours (if the peak misses, its neighbours mostly miss too), so for k > 1 it
+    overstates what a map that knows nothing about the object scores.
+    """
+    q = len(maps)
+    hits, count = 0.0, 0
+    for j in range(1, num_shifts + 1):
+        shift = round(j * q / (num_shifts + 1))
+        if shift % q == 0:
+            continue
+        other = np.roll(np.arange(q), shift)
+        keep = image[other] != image
+        if keep.any():
+            hits += pointing_hits(maps[keep], masks[other[keep]], k).sum()
+            count += int(keep.sum())
+    return hits / count if count else float("nan")
 
 
 def iou(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
@@ -182,8 +225,14 @@ def overlay_picture(image: np.ndarray, cam: np.ndarray, seg: np.ndarray, true: n
 
 
 def save_png(path: str, array: np.ndarray) -> None:
+    """Writes a PNG through tf.io.gfile (local paths and gs:// alike)."""
+    import io
+    import tensorflow as tf
     from PIL import Image
-    Image.fromarray(array).save(path, optimize=True)
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", optimize=True)
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(buf.getvalue())
 
 
 @evaluation.register("grounding")
@@ -215,7 +264,7 @@ class Grounding:
                 txt = jax.lax.stop_gradient(txt)
                 act = self._act_shape(params, imgs.shape, layer)
                 cam, tokens = gradcam(model, params, imgs, txt, layer, act,
-                                      self.cfg.get("weighting", "channel"))
+                                      common.field(self.cfg, "weighting", "channel"))
                 proj = model.apply({"params": params}, tokens,
                                    method=lambda m, t: m.image_projection(t)).astype(jnp.float32)
                 proj = proj / jnp.linalg.norm(proj, axis=-1, keepdims=True)
@@ -259,12 +308,15 @@ class Grounding:
                "pointing_top5": pointing_hits(m["cam"], q["mask"], 5).mean(),
                "pointing_chance_top1": pointing_chance(q["mask"], gh, gw, 1).mean(),
                "pointing_chance_top5": pointing_chance(q["mask"], gh, gw, 5).mean(),
+               "pointing_shuffled_top1": pointing_shuffled(m["cam"], q["mask"], q["index"], 1),
+               "pointing_shuffled_top5": pointing_shuffled(m["cam"], q["mask"], q["index"], 5),
                "sim_pointing_top1": pointing_hits(m["sim"], q["mask"], 1).mean(),
                "seg_miou": iou(seg, q["mask"]).mean()}
         n_pic = self.cfg.get("num_pictures", 4)
         if self.workdir and n_pic and jax.process_index() == 0:
+            import tensorflow as tf
             out_dir = os.path.join(self.workdir, "grounding")
-            os.makedirs(out_dir, exist_ok=True)
+            tf.io.gfile.makedirs(out_dir)
             for j in range(min(n_pic, len(images))):
                 cam = upsample(m["cam"][j:j + 1], size, size)[0]
                 pic = overlay_picture(images[j], cam, seg[j], q["mask"][j])
