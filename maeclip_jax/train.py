@@ -2,7 +2,6 @@
 jax.eval_shape -> shardings -> restore or sharded init -> one donated, compiled step ->
 evaluators -> loop (log, checkpoint, evaluate) -> results."""
 import functools
-import json
 import logging
 import os
 import time
@@ -11,6 +10,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import ml_collections
 import numpy as np
+import tensorflow as tf
 from clu import metric_writers
 
 from maeclip_jax import checkpoint, models, optim, perf, sharding, validation
@@ -37,13 +37,11 @@ def prepare_config(config: ml_collections.ConfigDict, tokenizer) -> ml_collectio
 def write_results(workdir: str, results: dict, config=None) -> None:
     """results.json, and results.md (the paper's table layout) when the config is given."""
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(results, f, indent=2, sort_keys=True)
+        from maeclip_jax.evaluation import report  # through tf.io.gfile: gs:// works
+        report.write_json(workdir, results)
         if config is not None:
-            from maeclip_jax.evaluation import report
             report.write_markdown(workdir, results, config.get("evals", {}).to_dict()
-                                  if config.get("evals") else {},
-                                  results.get("not_applicable"))
+                                  if config.get("evals") else {})
 
 
 def format_table(results: dict) -> str:
@@ -100,7 +98,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     """
     # 1. Checks that fail fast, before anything is built or compiled.
     validation.validate(config, jax.device_count(), jax.process_count())
-    os.makedirs(workdir, exist_ok=True)
+    tf.io.gfile.makedirs(workdir)  # local or gs:// (orbax, tf.io.gfile and CLU write there)
     mesh = sharding.make_mesh(config.mesh)
     batch_sh = sharding.batch_sharding(mesh)
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
@@ -164,8 +162,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # 7. Final evaluation and results.
     results = evaluate(step, state["params"]) if evaluators else {}
     results.update({"step": step, "config": config.get("name", "")})
-    if evaluation.not_applicable(evaluators):
-        results["not_applicable"] = evaluation.not_applicable(evaluators)
+    # Evaluators skipped for this model: in the log and results.md, not in results.json.
     write_results(workdir, results, config)
     writer.flush()
     ckpt.close()
