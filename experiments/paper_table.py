@@ -2,11 +2,12 @@ r"""The paper's comparison in miniature: MAE, M3AE, CLIP, MAE-CLIP x {GAP, MAX} 
 each trained for the same budget on the built-in dataset, then evaluated (linear probe for all,
 zero-shot where there is a text tower) and tabulated as mean +- std over seeds.
 
-Command (the full miniature, 16 runs at the README demo's budget of 400 steps x 128 examples):
-  python experiments/paper_table.py --workdir=/tmp/paper_table --steps=400 --seeds=0,1
+Command (the full miniature: 16 runs at the budget of the README demo and of every `:tiny`
+config, `config_lib.demo_budget`: 1,600 steps x 32 examples, about 5 minutes a run here):
+  python experiments/paper_table.py --workdir=/tmp/paper_table --seeds=0,1
 
-A short version (what fits beside other jobs on a shared 2-core CPU):
-  python experiments/paper_table.py --workdir=/tmp/paper_table_short --steps=100 --seeds=0,1
+A short version (a quarter of the budget):
+  python experiments/paper_table.py --workdir=/tmp/paper_table_short --steps=400 --seeds=0,1
 
 It prints two tables in the paper's layout (linear probe per model and pooling; zero-shot and
 linear probe per pooling) and writes `<out>.json` (every run's results and timings) and
@@ -39,7 +40,7 @@ def run_config(model: str, pooling: str, seed: int, steps: int, batch_size: int)
     c.seed = seed
     c.total_steps = steps
     c.batch_size = batch_size
-    c.optimizer.warmup_steps = max(1, steps // 10)  # the demo's 10% warm-up
+    c.optimizer.warmup_steps = max(1, steps // 10)  # demo_budget's 10% warm-up
     c.model.image.pooling = pooling
     c.log_every_steps = max(1, steps // 4)
     c.checkpoint_every_steps = steps
@@ -123,8 +124,11 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default="/tmp/paper_table")
     ap.add_argument("--out", default=None, help="output path without suffix "
                     "(default: <workdir>/paper_table)")
-    ap.add_argument("--steps", type=int, default=400, help="training steps per run (the budget)")
-    ap.add_argument("--batch_size", type=int, default=128)
+    from maeclip_jax import config_lib
+    demo = config_lib.demo_budget(config_lib.base_config())
+    ap.add_argument("--steps", type=int, default=demo.total_steps,
+                    help="training steps per run (the budget)")
+    ap.add_argument("--batch_size", type=int, default=demo.batch_size)
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--poolings", default="gap,max")

@@ -102,7 +102,11 @@ def test_paper_config_validates_and_has_the_expected_parameter_count(path, tmp_p
 def test_tiny_variant_validates_on_builtin_data(path):
     config = load(path, "tiny")
     validation.validate(config, 8)
-    assert config.input.source == "builtin" and config.total_steps == 400
+    demo = load(os.path.join(REPO, "configs", "maeclip_tiny.py"), None)
+    assert config.input.source == "builtin"
+    for field in ("total_steps", "batch_size", "checkpoint_every_steps"):  # the demo's budget
+        assert config[field] == demo[field], field
+    assert config.optimizer.lr == demo.optimizer.lr
     assert config.model.image.variant == "mu/8" and config.input.image_size == 64
     assert ("zero_shot" in config.evals) == (config.model.name in ("clip", "maeclip"))
     config.model.image.pooling = "max"  # the ablation is one field
