@@ -89,6 +89,15 @@ def paper_config(model: str, regime: str, arg=None) -> ml_collections.ConfigDict
         c.batch_size = r["batch"]
         c.optimizer = dict(lr=r["lr"], warmup_steps=r["warmup"], min_lr_ratio=0.0, b1=0.9,
                            b2=0.98, eps=1e-6, weight_decay=0.2, clip_grad_norm=1.0)
+    # The paper's evaluation: ImageNet (TFDS imagenet2012, prepared in data_dir; checked at
+    # start-up, before any training). The ridge probe on 100k training images monitors training
+    # cheaply (as big_vision's); the reported logistic protocol: evals.<name>.protocol=logistic.
+    # Zero-shot needs the 1,000 class names (TFDS only has WordNet ids): classes_file, one name
+    # per line in label order. Without ImageNet: --config.evals.linear_probe.dataset=builtin.
+    imagenet = dict(dataset="tfds:imagenet2012", data_dir="", test_split="validation")
+    c.evals.linear_probe.update(dict(imagenet, train_split="train[:100000]"))
+    if "zero_shot" in c.evals:
+        c.evals.zero_shot.update(dict(imagenet, classes_file=""))  # REQUIRED with ImageNet
     c.total_steps = r["examples"] // c.batch_size
     c.log_every_steps = 100
     c.checkpoint_every_steps = 2_000

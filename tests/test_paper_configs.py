@@ -132,3 +132,20 @@ def test_objectives_a_model_cannot_train_are_rejected():
     config.loss.text_reconstruction = 0.5
     with pytest.raises(validation.ConfigError, match=r"config\.loss\.text_reconstruction"):
         validation.validate(config, 8)
+
+
+def test_paper_config_evaluates_on_imagenet_and_says_so_before_training(tmp_path):
+    """The paper configs probe and zero-shot on TFDS imagenet2012; without it prepared, the
+    evaluators fail when built (before any training) naming the field and the way out."""
+    from maeclip_jax import evaluation, models, sharding
+    from maeclip_jax.data.tokenizer import get_tokenizer
+    config = load(os.path.join(REPO, "configs", "clip_laion.py"))
+    assert config.evals.linear_probe.dataset == "tfds:imagenet2012"
+    assert config.evals.zero_shot.dataset == "tfds:imagenet2012"
+    config.evals.linear_probe.data_dir = str(tmp_path)  # nothing prepared there
+    del config.evals["zero_shot"]
+    tok = get_tokenizer("builtin_words", 16)
+    config.model.text.vocab_size = tok.vocab_size
+    mesh = sharding.make_mesh({"data": -1})
+    with pytest.raises(FileNotFoundError, match=r"config\.evals\.linear_probe\.dataset=builtin"):
+        evaluation.build_evaluators(config, models.build(config), tok, mesh)

@@ -109,7 +109,8 @@ def tfds_split(builder, name: str, split_field: str, split: str, data_dir: str):
             f"config.evals.{name}.dataset='tfds:{builder.name}' ({split_field}={split!r}) is "
             f"not prepared in config.evals.{name}.data_dir={data_dir or None!r}; evaluation "
             f"never downloads: prepare it with `tfds build {builder.name} --data_dir=DIR` (or "
-            f"tfds.builder(...).download_and_prepare()) and set data_dir. ({first})") from e
+            f"tfds.builder(...).download_and_prepare()) and set data_dir, or evaluate on the "
+            f"built-in data instead: --config.evals.{name}.dataset=builtin. ({first})") from e
 
 
 def default_test_split(builder) -> str:
