@@ -2,7 +2,9 @@
 import setuptools
 
 # Versions pinned to a set that resolves together and passes `pip check` (see README,
-# "Dependencies"). clu's writers import tensorboard, which TensorFlow no longer pulls in.
+# "Dependencies"). clu's writers import tensorboard, which TensorFlow no longer pulls in;
+# scipy (the logistic probe's L-BFGS), Pillow (grounding overlays) and absl-py are imported
+# directly, so they are declared rather than left to arrive transitively.
 INSTALL_REQUIRES = [
     "jax==0.10.2",
     "jaxlib==0.10.2",
@@ -18,6 +20,9 @@ INSTALL_REQUIRES = [
     "einops==0.8.2",
     "tensorboard==2.21.0",
     "numpy>=2.0,<2.5",
+    "scipy>=1.11,<2",
+    "pillow>=10",
+    "absl-py>=2.1",
 ]
 
 setuptools.setup(

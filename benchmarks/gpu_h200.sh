@@ -9,7 +9,8 @@
 # FLOPs per step, the fraction of a 4096^2 bf16 matmul measured in the same process
 # (frac_matmul_bf16) and MFU against the chip's dense bf16 peak (mfu_vs_peak: 989 TFLOP/s on an
 # H100/H200, from maeclip_jax/perf.py PEAK_FLOPS), plus the MAE-CLIP / CLIP time vs FLOP ratio.
-# Target (DEVELOPERS.md): MAE-CLIP ViT-B/16 bf16 >= 50% MFU.  About 3-5 minutes on an H200.
+# Target (README, "Performance targets"): MAE-CLIP ViT-B/16 bf16 >= 50% MFU.  About 3-5 minutes
+# on an H200. Needs JAX with CUDA on that machine: pip install -e . "jax[cuda13]==0.10.2".
 set -euo pipefail
 OUT="${1:-${OUT:-/tmp}/bench_gpu_h200.json}"
 BATCH="${2:-256}"

@@ -106,7 +106,7 @@ trap teardown EXIT
 # Install: the committed tree of this checkout, on every worker.
 run git -C "$REPO_DIR" archive --format=tar.gz -o "$TARBALL" HEAD
 run "${GCLOUD[@]}" scp "$TARBALL" "$NAME:~/maeclip_jax_src.tar.gz" "${WHERE[@]}" --worker=all
-INSTALL='mkdir -p ~/maeclip_jax && tar xzf ~/maeclip_jax_src.tar.gz -C ~/maeclip_jax && pip install -q "jax[tpu]" ~/maeclip_jax'
+INSTALL='mkdir -p ~/maeclip_jax && tar xzf ~/maeclip_jax_src.tar.gz -C ~/maeclip_jax && pip install -q "jax[tpu]==0.10.2" ~/maeclip_jax'
 run "${GCLOUD[@]}" ssh "$NAME" "${WHERE[@]}" --worker=all --command="$INSTALL"
 
 # Train: the same command on all workers; their output streams back here, prefixed by worker.
