@@ -35,6 +35,22 @@ def test_restore_inverts_the_shuffle():
     np.testing.assert_array_equal(np.asarray(restored), np.asarray(x))
 
 
+def test_decoder_input_puts_each_kept_token_back_where_it_came_from():
+    """What the MAE decoder gets (fill_masked: kept tokens + mask tokens, unshuffled) checked
+    against numpy indexing: kept position ids_keep[b, j] holds x[b, ids_keep[b, j]], every
+    position the mask marks holds the mask token."""
+    from maeclip_jax.models.mae_decoder import fill_masked
+    n, b, w = 16, 3, 2
+    m = masking.random_mask(jax.random.PRNGKey(3), b, n, 0.75)
+    x = np.arange(b * n * w, dtype=np.float32).reshape(b, n, w) + 1.0
+    keep = np.asarray(m.ids_keep)
+    kept = np.stack([x[i, keep[i]] for i in range(b)])
+    token = np.full((1, 1, w), -7.0, np.float32)
+    out = np.asarray(fill_masked(jnp.asarray(kept), m.ids_restore, jnp.asarray(token)))
+    want = np.where(np.asarray(m.mask)[..., None] == 1, -7.0, x)
+    np.testing.assert_array_equal(out, want)
+
+
 def test_patchify_matches_a_direct_loop_and_inverts():
     rng = np.random.default_rng(0)
     img = rng.normal(size=(2, 12, 8, 3)).astype(np.float32)
