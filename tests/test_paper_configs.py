@@ -116,11 +116,18 @@ def test_tiny_variant_validates_on_builtin_data(path):
 
 
 def test_mae_config_with_zero_shot_says_it_does_not_apply():
+    """Zero-shot on MAE validates, and is skipped as not applicable, naming what is missing."""
+    from maeclip_jax import config_lib, evaluation, models, sharding
+    from maeclip_jax.data.tokenizer import get_tokenizer
     config = load(os.path.join(REPO, "configs", "mae_cc12m.py"), "tiny")
-    from maeclip_jax import config_lib
     config.evals.zero_shot = config_lib.base_config().evals.zero_shot
-    with pytest.raises(validation.ConfigError, match=r"config\.evals\.zero_shot.*does not apply"):
-        validation.validate(config, 8)
+    validation.validate(config, 8)
+    config.model.text.vocab_size = get_tokenizer("builtin_words", 32).vocab_size
+    evs = evaluation.build_evaluators(config, models.build(config), None,
+                                      sharding.make_mesh({"data": -1}))
+    assert evaluation.not_applicable(evs) == {
+        "zero_shot": "needs image_embedding and text_embedding, which model 'mae' does not have"}
+    assert evs["zero_shot"].run(None) == {}
 
 
 def test_objectives_a_model_cannot_train_are_rejected():
