@@ -6,7 +6,8 @@ Datasets (`config.evals.<name>.dataset`):
   (common.builtin_scenes), each with `captions_per_image` captions written from the scene's
   ground truth (the generator's caption plus re-wordings: other prefixes, other object orders,
   with and without positions).
-- 'tfds:NAME' (e.g. 'tfds:coco_captions', split from `split`, default 'val'): images
+- 'tfds:NAME' (e.g. 'tfds:coco_captions', split from `split`, default 'test': coco_captions'
+  Karpathy 5k test images, on which COCO retrieval is reported): images
   (`image_key`, default 'image') with all their captions (`text_key`, default 'captions/text'
   as TFDS coco_captions stores them); read from `data_dir`, never downloaded.
 - 'img2dataset:PATTERN' (e.g. Flickr30k as img2dataset writes it: 'img2dataset:/data/
@@ -192,7 +193,7 @@ def _retrieval_set(images: list, texts: list, t2i: list, what: str) -> dict:
 class Retrieval:
     """Config: dataset ('builtin' | 'tfds:NAME' | 'img2dataset:PATTERN'), num_images (0 = all
     for tfds / img2dataset; default 256 builtin, 5000 tfds), batch_size; builtin:
-    captions_per_image; tfds: split ('val'), data_dir, image_key ('image'), text_key
+    captions_per_image; tfds: split ('test'), data_dir, image_key ('image'), text_key
     ('captions/text'); img2dataset: format ('auto' | 'tar' | 'tfrecord'). ''/() mean unset."""
 
     requires = ("image_embedding", "text_embedding")
@@ -208,7 +209,7 @@ class Retrieval:
         elif self.kind == "tfds":
             data_dir = common.field(cfg, "data_dir", "")
             common.tfds_split(common.tfds_builder(name, self.dataset, data_dir), name, "split",
-                              common.field(cfg, "split", "val"), data_dir)
+                              common.field(cfg, "split", "test"), data_dir)
 
     def data(self) -> dict:
         cfg, size = self.cfg, self.config.input.image_size
@@ -218,7 +219,7 @@ class Retrieval:
         if self._external is None:
             if self.kind == "tfds":
                 self._external = tfds_retrieval_set(
-                    self.dataset, common.field(cfg, "split", "val"),
+                    self.dataset, common.field(cfg, "split", "test"),
                     int(common.field(cfg, "num_images", 5000)), size,
                     common.field(cfg, "data_dir", "") or None,
                     common.field(cfg, "image_key", "image"),
