@@ -34,14 +34,15 @@ def prepare_config(config: ml_collections.ConfigDict, tokenizer) -> ml_collectio
     return config
 
 
-def write_results(workdir: str, results: dict, config=None) -> None:
-    """results.json, and results.md (the paper's table layout) when the config is given."""
+def write_results(workdir: str, results: dict, config=None, not_applicable=None) -> None:
+    """results.json, and results.md (the paper's table layout) when the config is given;
+    `not_applicable`: {evaluator: reason} of those skipped for this model (n/a in results.md)."""
     if jax.process_index() == 0:
         from maeclip_jax.evaluation import report  # through tf.io.gfile: gs:// works
         report.write_json(workdir, results)
         if config is not None:
             report.write_markdown(workdir, results, config.get("evals", {}).to_dict()
-                                  if config.get("evals") else {})
+                                  if config.get("evals") else {}, not_applicable)
 
 
 def format_table(results: dict) -> str:
@@ -163,7 +164,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     results = evaluate(step, state["params"]) if evaluators else {}
     results.update({"step": step, "config": config.get("name", "")})
     # Evaluators skipped for this model: in the log and results.md, not in results.json.
-    write_results(workdir, results, config)
+    write_results(workdir, results, config, evaluation.not_applicable(evaluators))
     writer.flush()
     ckpt.close()
     return results

@@ -147,21 +147,17 @@ def test_tfds_dataset_not_prepared_fails_naming_field_dataset_and_data_dir(tmp_p
 # --- results files ---
 
 
-def test_results_json_is_flat_and_results_md_keeps_the_n_a_reasons(tmp_path, monkeypatch):
-    from maeclip_jax import evaluation
+def test_results_json_is_flat_and_results_md_keeps_the_n_a_reasons(tmp_path):
     results = {"linear_probe/top1": 0.5, "step": 3, "config": "t"}
     report.write_json(str(tmp_path), results)
     assert json.loads((tmp_path / "results.json").read_text()) == results
     with pytest.raises(ValueError, match="not_applicable"):
         report.write_json(str(tmp_path), dict(results, not_applicable={"zero_shot": "why"}))
-    # results.md takes the skipped evaluators (and why) from the latest build_evaluators.
-    monkeypatch.setattr(evaluation, "_LAST_NOT_APPLICABLE",
-                        {"zero_shot": "needs text_embedding", "other_run": "x"})
     evals = {"linear_probe": {}, "zero_shot": {}}
-    report.write_markdown(str(tmp_path / "sub"), results, evals)  # makes the directory
+    report.write_markdown(str(tmp_path / "sub"), results, evals,  # makes the directory
+                          {"zero_shot": "needs text_embedding"})
     md = (tmp_path / "sub" / "results.md").read_text()
     assert "| 50.0 | n/a |" in md and "- `zero_shot`: n/a, needs text_embedding." in md
-    assert "other_run" not in md
 
 
 # --- every field an evaluator reads can be set on the command line ---

@@ -6,7 +6,7 @@ An evaluator class may declare `requires` (a tuple of `common.capabilities` keys
 'text_embedding'). On a model lacking one (MAE has no text tower, M3AE no text embedding) it is
 replaced by a `NotApplicable` stand-in that logs why, returns no metrics, and shows as 'n/a' in
 results.md, so one config's eval list can serve every model. The reasons go to the log and to
-results.md (`last_not_applicable`), never into results.json, which maps metrics to values.
+results.md (`not_applicable`), never into results.json, which maps metrics to values.
 """
 import logging
 from typing import Callable, Dict
@@ -14,8 +14,6 @@ from typing import Callable, Dict
 import ml_collections
 
 _EVALUATORS: Dict[str, Callable] = {}
-# {name: reason} of the evaluators the latest build_evaluators call skipped (for results.md).
-_LAST_NOT_APPLICABLE: Dict[str, str] = {}
 
 
 def register(name: str):
@@ -69,20 +67,12 @@ def build_evaluators(config: ml_collections.ConfigDict, model, tokenizer, mesh,
         ev = cls(name, cfg, config, model, tokenizer, mesh)
         ev.workdir = workdir
         out[name] = ev
-    _LAST_NOT_APPLICABLE.clear()
-    _LAST_NOT_APPLICABLE.update(not_applicable(out))
     return out
 
 
 def not_applicable(evaluators: dict) -> dict:
     """{name: reason} of the evaluators skipped for this model."""
     return {n: e.reason for n, e in evaluators.items() if isinstance(e, NotApplicable)}
-
-
-def last_not_applicable(names) -> dict:
-    """{name: reason} of the evaluators among `names` that the latest build_evaluators call
-    replaced by NotApplicable (what results.md shows as 'n/a')."""
-    return {n: r for n, r in _LAST_NOT_APPLICABLE.items() if n in names}
 
 
 def run_evaluators(evaluators: dict, params) -> dict:

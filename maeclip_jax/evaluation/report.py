@@ -70,11 +70,8 @@ def _write(path: str, text: str) -> None:
 
 def write_markdown(workdir: str, results: dict, evals_config: dict,
                    not_applicable: dict = None) -> str:
-    """Writes <workdir>/results.md. `not_applicable` ({name: reason}) defaults to the
-    evaluators of `evals_config` that the latest `evaluation.build_evaluators` skipped."""
-    if not not_applicable:
-        from maeclip_jax import evaluation
-        not_applicable = evaluation.last_not_applicable(evals_config)
+    """Writes <workdir>/results.md. `not_applicable`: {name: reason} of the evaluators that
+    were skipped for this model (`evaluation.not_applicable`), shown as n/a."""
     path = os.path.join(workdir, "results.md")
     _write(path, markdown(results, evals_config, not_applicable))
     return path
