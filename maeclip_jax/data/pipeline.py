@@ -8,11 +8,14 @@ position of the example's raw record in the source's stream), covering only this
 share of the data.
 
 File sources share one path (`records_to_examples`): raw records -> seeded shuffle ->
-enumerate -> parallel decode + random-resized-crop + flip (stateless, seeded by the example
-index) -> ignore_errors (a corrupt JPEG, a record without image) -> drop records that are
-broken or have an empty / non-UTF-8 caption. Each dropped record leaves a gap in the indices;
-the host counts the gaps of every batch (`count_skipped`, per source of a mixture), so the
-count costs no sequential tf.data stage (a `scan` over the examples cost ~14% of throughput).
+enumerate -> ONE parallel map (parse, caption check, decode + random-resized-crop + flip,
+stateless, seeded by the example index) -> ignore_errors, which drops a record that failed in
+the map (a corrupt JPEG, a record without image, an empty / non-UTF-8 caption). Each dropped
+record leaves a gap in the indices; the host counts the gaps of every batch (`count_skipped`,
+per source of a mixture), so the count costs no sequential tf.data stage (a `scan` over the
+examples cost ~14% of throughput). Every other per-example tf.data function (a filter, a
+separate parse map, a per-shard enumerate + filter) cost ~5-10% of throughput each on 2 cores;
+see benchmarks/input_pipeline.py.
 
 Exact resume: the built-in source restarts by example index (start_step, from the checkpoint's
 step). File sources (and mixtures) checkpoint the tf.data iterator itself (tf.train.Checkpoint,
@@ -84,8 +87,11 @@ def valid_text(text: tf.Tensor) -> tf.Tensor:
 
 
 def records_to_examples(records: tf.data.Dataset, input_cfg: ml_collections.ConfigDict,
-                        seed: int) -> tf.data.Dataset:
-    """Raw records {jpg, txt, ok} -> {image uint8 [S, S, 3], text, index} (see module doc)."""
+                        seed: int, parse: Optional[Callable] = None) -> tf.data.Dataset:
+    """Raw records -> {image uint8 [S, S, 3], text, index} (see module doc). A record is
+    {jpg, txt[, ok]}, or whatever `parse` (run inside the per-example map) turns into one; it
+    is dropped if ok is False, its caption is blank or not UTF-8 (see valid_text), or its
+    image does not decode."""
     size = input_cfg.image_size
     scale = tuple(input_cfg.get("crop_scale", (0.2, 1.0)))
     ratio = tuple(input_cfg.get("crop_ratio", (3 / 4, 4 / 3)))
@@ -95,20 +101,30 @@ def records_to_examples(records: tf.data.Dataset, input_cfg: ml_collections.Conf
         records = records.shuffle(buffer, seed=seed + 1)
     ds = records.enumerate()
 
-    # One parallel map does all per-example work (fewer sequential tf.data stages); a broken
-    # record (no image: empty bytes) fails to decode and is dropped by ignore_errors, a bad
-    # caption is dropped by the filter; both leave a gap in the enumeration.
-    # A record to drop gets index -1, so the element keeps the source's structure and no
-    # per-element map is needed after the filter (each sequential stage costs throughput).
+    # ONE parallel map does all per-example work, and no other per-example function runs
+    # after it: each tf.data function call per element (a separate parse map, a filter) costs
+    # about 10% of the decode of a 256 px JPEG, and a stage between the map and the batch adds
+    # a thread hand-off per element. A record to drop fails inside the map (a corrupt JPEG
+    # fails to decode; a broken record or a bad caption fails the assertion, before any
+    # decoding) and ignore_errors drops it: either way it leaves a gap in the enumeration.
     def decode(i, r):
+        if parse is not None:
+            r = parse(r)
+        # valid_text in fewer ops: strict transcoding fails on non-UTF-8 (the same ICU
+        # decoder as valid_text's replace-and-compare) and returns the caption unchanged.
+        text = tf.strings.unicode_transcode(r["txt"], "UTF-8", "UTF-8", errors="strict")
+        keep = tf.strings.length(tf.strings.strip(text)) > 0
+        if "ok" in r:  # tar: a sample missing a member, an empty or truncated shard
+            keep = tf.logical_and(keep, r["ok"])
+        # (An empty or missing image fails to decode.)
+        with tf.control_dependencies([tf.debugging.Assert(keep, ["broken record"])]):
+            jpg = tf.identity(r["jpg"])
         img = images.decode_crop_resize(
-            r["jpg"], size, tf.stack([tf.constant(seed, tf.int64), i]), scale, ratio, flip)
-        keep = tf.logical_and(r["ok"], valid_text(r["txt"]))
-        return {"image": img, "text": r["txt"], "index": tf.where(keep, i, tf.constant(-1, tf.int64))}
+            jpg, size, tf.stack([tf.constant(seed, tf.int64), i]), scale, ratio, flip)
+        return {"image": img, "text": text, "index": i}
 
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.ignore_errors()  # a corrupt / truncated image: dropped here, counted by the host
-    return ds.filter(lambda ex: ex["index"] >= 0)
+    return ds.ignore_errors()  # broken records: dropped here, counted by the host
 
 
 def count_skipped(index: np.ndarray, source: np.ndarray, last: Dict[int, int]) -> int:
@@ -169,9 +185,7 @@ def _img2dataset_source(input_cfg: ml_collections.ConfigDict, seed: int,
     ds = ds.repeat()
     ds = ds.interleave(shards.READERS[fmt], cycle_length=min(len(files), input_cfg.get("cycle_length", 8)),
                        block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if shards.PARSERS[fmt] is not None:
-        ds = ds.map(shards.PARSERS[fmt], num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return records_to_examples(ds, input_cfg, pseed)
+    return records_to_examples(ds, input_cfg, pseed, parse=shards.PARSERS[fmt])
 
 
 def _tfds_fields(input_cfg):
