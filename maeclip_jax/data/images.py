@@ -27,10 +27,14 @@ def decode_crop_resize(encoded: tf.Tensor, image_size: int, seed: tf.Tensor,
     JPEGs are decoded only inside the crop window (decode_and_crop_jpeg); other formats (PNG,
     ...) are decoded whole, then cropped. Raises InvalidArgumentError on undecodable bytes (the
     pipeline drops and counts such examples).
-    seed: int64 `[2]`.
+    seed: int64 `[2]`, `[s, n]` with n >= 0 (the pipeline's: its seed and the example index).
     """
-    crop_seed = tf.random.experimental.stateless_fold_in(seed, 0)
-    flip_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+    # The crop draws from seed, the flip from [s, -1 - n]: disjoint from every crop seed
+    # [s, n >= 0], so no two examples (nor the crop and flip of one) share a random stream.
+    # One xor instead of two stateless_fold_in (~15 us of CPU per example, ~7% of the
+    # whole decode of a 256 px JPEG at 64 px).
+    crop_seed = seed
+    flip_seed = tf.bitwise.bitwise_xor(seed, tf.constant([0, -1], tf.int64))
 
     def jpeg():
         window = _crop_window(tf.image.extract_jpeg_shape(encoded), crop_seed, scale, ratio)
