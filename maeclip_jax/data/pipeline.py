@@ -17,11 +17,16 @@ examples cost ~14% of throughput). Every other per-example tf.data function (a f
 separate parse map, a per-shard enumerate + filter) cost ~5-10% of throughput each on 2 cores;
 see benchmarks/input_pipeline.py.
 
+Batches are pulled from tf.data by a background thread (`HostBatches`) a few steps ahead, with
+a deadline on the first (config.input.first_batch_timeout_s) and on every later one
+(config.input.batch_timeout_s): a stalled read fails with a DataError instead of a hang.
+
 Exact resume: the built-in source restarts by example index (start_step, from the checkpoint's
 step). File sources (and mixtures) checkpoint the tf.data iterator itself (tf.train.Checkpoint,
-per process, in WORKDIR/data_state/process_P/step_S) at the moment the batch of each checkpoint
-step is pulled, so a run resumed at step S continues with batch S + 1 although the device
-prefetch had pulled further ahead. The saved state includes the shuffle buffer of raw records.
+per process, in WORKDIR/data_state/process_P/step_S) right after the batch of each checkpoint
+step is pulled, so a run resumed at step S continues with batch S + 1 although the background
+thread and the device prefetch had pulled further ahead. The saved state includes the shuffle
+buffer of raw records.
 """
 import collections
 import itertools
@@ -31,6 +36,7 @@ import os
 import queue
 import threading
 import time
+import weakref
 from typing import Callable, Dict, Iterator, List, Optional
 
 import jax
@@ -351,12 +357,109 @@ def data_state_path(state_dir: str, step: int) -> str:
     return os.path.join(state_dir, f"process_{jax.process_index()}", f"step_{step}")
 
 
+def source_summary(input_cfg: ml_collections.ConfigDict) -> str:
+    """What this process reads, for error messages, without reading any data (a stalled read
+    must not stall the error too): the source, its data and a few of this process's shards."""
+    name = input_cfg.source
+    if name == "img2dataset":
+        try:
+            files, _ = _img2dataset_files(input_cfg)
+            mine = _process_files(files, "config.input.data")
+        except DataError as e:
+            return str(e)
+        more = f" and {len(mine) - 3} more" if len(mine) > 3 else ""
+        return (f"config.input.source='img2dataset', data={input_cfg.data!r}: this process "
+                f"reads {len(mine)} shards, e.g. {', '.join(mine[:3])}{more}")
+    if name == "mixture":
+        return "; ".join(f"[{part}] " + source_summary(sub) for part, sub, _ in
+                         _mixture_parts(input_cfg))
+    if name == "tfds":
+        return (f"config.input.source='tfds', data={input_cfg.data!r}, "
+                f"split={input_cfg.get('split', 'train')!r}")
+    return f"config.input.source={name!r}"
+
+
+class _Puller:
+    """Pulls the batches of steps start+1, start+2, ... from the tf.data iterator, in a
+    background thread, into a small bounded queue; counts the skipped examples of each batch
+    and saves the data position right after pulling the batch of a checkpoint step (so the
+    position saved for step S is the one after batch S, however far ahead the thread runs).
+    Queue items: ("ok", step, batch, skipped so far), ("error", exception) or ("stop",)."""
+
+    def __init__(self, host: "HostBatches", lookahead: int):
+        self.config, self.it, self.ckpt = host.config, host._it, host._ckpt
+        self.state_dir, self.step = host._state_dir, host.step
+        self.skipped, self.last_index = host.skipped, host._last_index
+        self.queue: queue.Queue = queue.Queue(maxsize=lookahead)
+        self.stopped = threading.Event()
+        self.lookahead = lookahead
+
+    def _put(self, item) -> bool:
+        while not self.stopped.is_set():
+            try:
+                self.queue.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(self) -> None:
+        total = self.config.get("total_steps") or 0
+        try:
+            while not self.stopped.is_set():
+                if total and self.step >= total:
+                    self._put(("stop",))
+                    return
+                batch = next(self.it)
+                self.step += 1
+                index, source = batch["index"].numpy(), batch["source"].numpy()
+                skipped = count_skipped(index, source, self.last_index)
+                self.skipped += skipped
+                if self.state_dir and self._save_step(self.step):
+                    self._save(self.step)
+                out = {"image": batch["image"].numpy(), "text": batch["text"].numpy()}
+                if not self._put(("ok", self.step, out, skipped, self.skipped)):
+                    return
+        except StopIteration:
+            self._put(("stop",))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            self._put(("error", e))
+
+    def _save_step(self, step: int) -> bool:
+        every = self.config.get("checkpoint_every_steps", 0)
+        return step == self.config.total_steps or (every > 0 and step % every == 0)
+
+    def _save(self, step: int) -> None:
+        t0 = time.perf_counter()
+        path = data_state_path(self.state_dir, step)
+        self.ckpt.write(path)
+        with tf.io.gfile.GFile(path + ".json", "w") as f:  # where the skip count stands
+            json.dump({"last_index": self.last_index, "skipped": self.skipped}, f)
+        logging.info("data: saved the input position of step %d (%.1fs)", step,
+                     time.perf_counter() - t0)
+        # Keep the states of the checkpoints orbax keeps, and those of the steps this thread
+        # and the device prefetch have pulled ahead of the train step.
+        keep = self.config.get("keep_checkpoints", 3) + 1 + self.lookahead + 1
+        root = os.path.dirname(data_state_path(self.state_dir, step))
+        steps = sorted({int(f.split(".")[0][5:]) for f in tf.io.gfile.listdir(root)
+                        if f.startswith("step_")})
+        for old in steps[:-keep]:
+            for f in tf.io.gfile.glob(os.path.join(root, f"step_{old}.*")):
+                tf.io.gfile.remove(f)
+
+
 class HostBatches:
     """This process's numpy batches, numbered by train step, with the data position saved at
-    checkpoint steps and a deadline on the first batch.
+    checkpoint steps, a deadline on the first batch (config.input.first_batch_timeout_s) and
+    one on every later batch (config.input.batch_timeout_s; 0 disables either).
 
     Yields dicts image uint8 `[b, H, W, 3]`, text int32 `[b, L]`; counts skipped examples.
+    The batches are pulled by a background thread (`_Puller`) a few steps ahead, so that a
+    read that never returns (a stalled gs:// read) becomes a DataError naming the source and
+    the step instead of a hang; the iterator stops after config.total_steps.
     """
+
+    LOOKAHEAD = 2  # batches the background thread may hold beyond the one being consumed
 
     def __init__(self, config: ml_collections.ConfigDict, tokenizer: Tokenizer, start_step: int,
                  state_dir: Optional[str] = None):
@@ -382,72 +485,66 @@ class HostBatches:
                     self._last_index = {int(k): v for k, v in state["last_index"].items()}
                     self.skipped = state["skipped"]
                 logging.info("data: restored the input position of step %d from %s", start_step, path)
-        # The first batch is fetched in the background from now on (overlapping the
-        # compilation of the train step), with a deadline: a stream that drops everything, or
-        # shards with other member names, must fail with a clear error instead of hanging.
+        self._summary = source_summary(config.input)  # now: reading nothing once stalled
+        # The batches are fetched in the background from now on (the first overlaps the
+        # compilation of the train step).
         self._started = time.monotonic()
-        self._first: Optional[queue.Queue] = queue.Queue()
-        threading.Thread(target=self._fetch_first, daemon=True).start()
+        self._first = True
+        self._done = False
+        self._puller = _Puller(self, self.LOOKAHEAD)
+        # The thread holds the puller, not this object: once this object is gone, the
+        # finalizer stops the thread (and it drops the tf.data iterator).
+        weakref.finalize(self, self._puller.stopped.set)
+        threading.Thread(target=self._puller.run, daemon=True,
+                         name=f"HostBatches@{start_step}").start()
 
-    def _fetch_first(self):
+    def close(self) -> None:
+        """Stops the background thread (also done when this object is garbage collected)."""
+        self._puller.stopped.set()
+
+    def _get(self):
+        icfg = self.config.input
+        if self._first:
+            timeout = icfg.get("first_batch_timeout_s", 300)
+            wait = max(0.0, timeout - (time.monotonic() - self._started)) if timeout else None
+        else:
+            timeout = icfg.get("batch_timeout_s", 600)
+            wait = timeout or None
         try:
-            self._first.put(("ok", next(self._it)))
-        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
-            self._first.put(("error", e))
-
-    def _save_step(self, step: int) -> bool:
-        every = self.config.get("checkpoint_every_steps", 0)
-        return step == self.config.total_steps or (every > 0 and step % every == 0)
-
-    def _pull(self):
-        if self._first is None:
-            return next(self._it)
-        timeout = self.config.input.get("first_batch_timeout_s", 300)
-        try:
-            kind, value = self._first.get(
-                timeout=max(0.0, timeout - (time.monotonic() - self._started)))
+            return self._puller.queue.get(timeout=wait)
         except queue.Empty:
-            describe = _DESCRIBE.get(self.config.input.source)
-            what = describe(self.config.input) if describe else self.config.input.source
+            pass
+        if self._first:
+            describe = _DESCRIBE.get(icfg.source)
+            what = describe(icfg) if describe else icfg.source
             raise DataError(
                 f"no training batch arrived within config.input.first_batch_timeout_s={timeout}s "
-                f"from config.input.source={self.config.input.source!r}: every example was "
+                f"from config.input.source={icfg.source!r}: every example was "
                 f"dropped or nothing could be read. {what}") from None
-        self._first = None
-        if kind == "error":
-            raise value
-        return value
+        raise DataError(
+            f"the training batch of step {self.step + 1} did not arrive within "
+            f"config.input.batch_timeout_s={timeout}s (the batches before it did): the input "
+            f"stalled, e.g. on a read that never returns. {self._summary}. "
+            "(config.input.batch_timeout_s=0 waits forever.)") from None
 
     def __iter__(self):
         return self
 
     def __next__(self) -> dict:
-        batch = self._pull()
-        self.step += 1
-        skipped = count_skipped(batch["index"].numpy(), batch["source"].numpy(), self._last_index)
-        self.skipped += skipped
-        if self._state_dir and self._save_step(self.step):
-            self._save(self.step)
+        if self._done:
+            raise StopIteration
+        item = self._get()
+        self._first = False
+        if item[0] == "stop":
+            self._done = True
+            raise StopIteration
+        if item[0] == "error":
+            self._done = True
+            raise item[1]
+        _, self.step, batch, skipped, self.skipped = item
         if skipped:
             logging.warning("data: skipped %d broken examples (total %d)", skipped, self.skipped)
-        return {"image": batch["image"].numpy(), "text": batch["text"].numpy()}
-
-    def _save(self, step: int) -> None:
-        t0 = time.perf_counter()
-        path = data_state_path(self._state_dir, step)
-        self._ckpt.write(path)
-        with tf.io.gfile.GFile(path + ".json", "w") as f:  # where the skip count stands
-            json.dump({"last_index": self._last_index, "skipped": self.skipped}, f)
-        logging.info("data: saved the input position of step %d (%.1fs)", step,
-                     time.perf_counter() - t0)
-        # Keep the states of the checkpoints orbax keeps (and one more).
-        keep = self.config.get("keep_checkpoints", 3) + 1
-        root = os.path.dirname(data_state_path(self._state_dir, step))
-        steps = sorted({int(f.split(".")[0][5:]) for f in tf.io.gfile.listdir(root)
-                        if f.startswith("step_")})
-        for old in steps[:-keep]:
-            for f in tf.io.gfile.glob(os.path.join(root, f"step_{old}.*")):
-                tf.io.gfile.remove(f)
+        return batch
 
 
 class DeviceBatches:
