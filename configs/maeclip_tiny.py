@@ -3,12 +3,14 @@ r"""A small MAE-CLIP on the built-in dataset: the embedded default, minutes on a
 Command:
   python -m maeclip_jax.main --config=configs/maeclip_tiny.py --workdir=/tmp/maeclip_tiny
 
-It trains a ViT-mu/8 image tower (3 blocks, width 128) and a 3-block text tower on 64x64 synthetic
-scenes for a few minutes, logs the losses, then prints a table holding `linear_probe/top1` and
-`zero_shot/top1` on the built-in evaluation split (24 colour x shape classes; chance = 0.042),
-retrieval recall@1/5/10 both ways (256 unseen scenes x 5 captions) and grounding (pointing game,
-zero-shot segmentation mIoU; PNG overlays in <workdir>/grounding/). It writes results.json and
-results.md (the paper's table layout) into the workdir.
+It trains a ViT-mu/8 image tower (3 blocks, width 128, MAX pooling) and a 3-block text tower on
+64x64 synthetic scenes, 1,600 steps of 32 (about 4-5 minutes here), logging the losses every 100
+steps, then prints a table holding, among others (seed 0; chance 0.04 for 24 classes):
+  linear_probe/top1   0.64    (ridge probe, built-in evaluation split, 24 colour x shape classes)
+  zero_shot/top1      0.48
+and retrieval recall@1/5/10 both ways (256 unseen scenes x 5 captions) and grounding (pointing
+game, zero-shot segmentation mIoU; PNG overlays in <workdir>/grounding/). It writes results.json
+and results.md (the paper's table layout) into the workdir.
 Re-running the same command with the same workdir resumes, or just re-evaluates a finished run.
 
 `--config=configs/maeclip_tiny.py:full` adds the heavier evaluators: the reported linear-probe
