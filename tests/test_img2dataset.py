@@ -284,3 +284,31 @@ def test_every_input_field_the_data_code_reads_has_a_default_so_flags_can_set_it
     assert {"num_threads", "batch_timeout_s", "first_batch_timeout_s"} <= read
     assert sorted(read - set(base.keys())) == []
     assert base.num_threads == 0 and base.batch_timeout_s > 0
+
+
+def test_a_tar_stored_inside_a_tar_shard_is_one_member_not_more_samples(tmp_path):
+    """The tar index takes the chain of headers from block 0: the headers of a tar stored
+    as a member (blocks that look like headers inside a member's data) are not samples."""
+    import io
+    inner = io.BytesIO()
+    with tarfile.open(fileobj=inner, mode="w") as t:
+        for name in ("x.jpg", "x.txt"):
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            t.addfile(info, io.BytesIO(b"abc"))
+    path = tmp_path / "nested.tar"
+    caps = []
+    with tarfile.open(path, "w") as tar:
+        for i in range(3):
+            jpg, cap = sw.example(i)
+            caps.append(cap)
+            members = [(f"{i:03d}.jpg", jpg), (f"{i:03d}.txt", cap.encode())]
+            if i == 1:
+                members.append((f"{i:03d}.tar", inner.getvalue()))
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    records = list(shards.read_tar(tf.constant(str(path))).as_numpy_iterator())
+    assert [r["key"].decode() for r in records] == ["000", "001", "002"]
+    assert [r["txt"].decode() for r in records] == caps and all(r["ok"] for r in records)

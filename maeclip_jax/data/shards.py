@@ -10,8 +10,8 @@ not trained on: a sample missing its image or caption member, an empty shard, a 
 The TFRecord reader yields serialized Examples, which `parse_tfrecord` turns into `{"jpg",
 "txt"}` inside the pipeline's per-example map (a broken one has an empty image or caption).
 
-The tar reader is pure TensorFlow (a tf.while_loop over the 512-byte tar headers of the shard's
-bytes), not a Python generator, so the whole pipeline stays checkpointable with tf.data iterator
+The tar reader is pure TensorFlow (a vectorised scan of the shard's 512-byte blocks for tar
+headers, following their chain), not a Python generator, so the whole pipeline stays checkpointable with tf.data iterator
 checkpointing (exact resume) and runs without the GIL. It reads regular-file members only ('0'
 or NUL type flag), which is what img2dataset writes; pax / GNU long-name headers are skipped.
 """
@@ -94,85 +94,65 @@ def _octal(field: tf.Tensor) -> tf.Tensor:
     return tf.reduce_sum(tf.where(valid, (d - 48) * powers, 0), axis=-1)
 
 
-def _tar_index_vectorised(data: tf.Tensor):
-    """The fast path of `_tar_index`: every 512-byte block that carries the ustar magic and a
-    valid header checksum is a header; the headers must chain (each member's data ends where
-    the next header starts), which `consistent` reports. Same outputs as `_tar_index`, plus
-    `consistent` (False: use the header walk)."""
-    n = tf.cast(tf.strings.length(data), tf.int64)
+def _tar_index(data: tf.Tensor):
+    """(names [m] string, starts [m] int64, sizes [m] int64, truncated bool) of the archive
+    `data` (a scalar string): its regular-file members, and whether it ends inside a header or
+    a member's data (or was not closed by a zero block).
+
+    Vectorised, with no tf.cond / tf.while_loop (inside tf.data, a functional control-flow op
+    cost ~1.2 ms per shard, ~10 us per example of a 128-example shard, even when its loop
+    ran zero times). Every 512-byte block that carries the ustar magic and a valid header
+    checksum is a candidate header; the archive's headers are the chain that starts at block
+    0, each header's successor starting right after its member's data. Following the chain
+    (pointer doubling, unrolled) rather than taking every candidate ignores blocks inside a
+    member's data that merely look like headers (a tar stored inside the tar).
+    """
+    n = tf.cast(tf.strings.length(data), tf.int64)  # shards are < 2 GiB: < 2**22 blocks
     nblocks = n // 512
-    raw = tf.reshape(tf.io.decode_raw(
-        tf.strings.substr(data, tf.constant(0, tf.int64), nblocks * 512), tf.uint8),
+    # The magic of every block, as 5-byte substrings (no copy of the whole archive).
+    magic_at = tf.range(nblocks, dtype=tf.int64) * 512 + 257
+    five = tf.fill(tf.shape(magic_at), tf.constant(5, tf.int64))
+    cand = tf.where(tf.equal(tf.strings.substr(data, magic_at, five), "ustar"))[:, 0]
+    block = tf.fill(tf.shape(cand), tf.constant(512, tf.int64))
+    hdr = tf.reshape(tf.io.decode_raw(tf.strings.substr(data, cand * 512, block), tf.uint8),
                      [-1, 512])
-    magic = tf.constant(list(b"ustar"), tf.uint8)
-    cand = tf.where(tf.reduce_all(tf.equal(raw[:, 257:262], magic), axis=1))[:, 0]
-    hdr = tf.cast(tf.gather(raw, cand), tf.int64)
-    computed = tf.reduce_sum(hdr, 1) - tf.reduce_sum(hdr[:, 148:156], 1) + 8 * 32
-    is_hdr = tf.equal(computed, _octal(hdr[:, 148:156]))
+    wide = tf.cast(hdr, tf.int32)
+    computed = tf.reduce_sum(wide, 1) - tf.reduce_sum(wide[:, 148:156], 1) + 8 * 32
+    is_hdr = tf.equal(tf.cast(computed, tf.int64), _octal(hdr[:, 148:156]))
     pos, hdr = tf.boolean_mask(cand, is_hdr), tf.boolean_mask(hdr, is_hdr)
     k = tf.size(pos, out_type=tf.int64)
     size = _octal(hdr[:, 124:136])
     nxt = pos + 1 + (size + 511) // 512  # block after the member's data
-    consistent = tf.reduce_all(tf.equal(nxt[:-1], pos[1:]))
-    last_next = tf.reduce_max(tf.concat([nxt, tf.zeros([1], tf.int64)], 0))
+    # succ[i]: the candidate where header i's successor starts (k: none); k maps to itself.
+    j = tf.searchsorted(pos, nxt, out_type=tf.int64)
+    pos_k = tf.concat([pos, [-1]], 0)
+    succ = tf.concat([tf.where(tf.equal(tf.gather(pos_k, j), nxt), j, k), [k]], 0)
+    # On the chain: reachable from candidate 0 if it is block 0. After t doublings `on`
+    # holds the first 2**t headers of the chain and `jump` is the 2**t-th successor.
+    on = tf.logical_and(tf.equal(tf.range(k + 1), 0), tf.equal(pos_k[0], 0))
+    jump = succ
+    for _ in range(23):
+        hit = tf.math.unsorted_segment_max(tf.cast(on, tf.int32), jump, k + 1) > 0
+        on, jump = tf.logical_or(on, hit), tf.gather(jump, jump)
+    on = on[:-1]
+    pos, hdr, size, nxt = (tf.boolean_mask(x, on) for x in (pos, hdr, size, nxt))
+    m = tf.size(pos, out_type=tf.int64)
     fits = (pos + 1) * 512 + size <= n  # the member's data is all there
+    last_next = tf.reduce_max(tf.concat([nxt, tf.zeros([1], tf.int64)], 0))
     # An archive that was closed properly ends with a zero block after the last member.
-    end_block = tf.gather(tf.concat([raw, tf.zeros([1, 512], tf.uint8)], 0),
-                          tf.minimum(last_next, nblocks))
+    end_block = tf.io.decode_raw(tf.strings.substr(data, tf.minimum(last_next * 512, n), 512),
+                                 tf.uint8)
     closed = tf.logical_and(last_next < nblocks, tf.reduce_all(tf.equal(end_block, 0)))
-    truncated = tf.logical_and(k > 0, tf.logical_or(tf.logical_not(tf.reduce_all(fits)),
-                                                    tf.logical_not(closed)))
+    truncated = tf.logical_or(
+        tf.logical_and(m > 0, tf.logical_or(tf.logical_not(tf.reduce_all(fits)),
+                                            tf.logical_not(closed))),
+        tf.logical_and(m == 0, k > 0))  # headers, none at block 0: not an archive we read
     kind = hdr[:, 156]
     keep = fits & (tf.equal(kind, 48) | tf.equal(kind, 0))
-    name_len = tf.argmin(tf.concat([hdr[:, :100], tf.zeros([k, 1], tf.int64)], 1), axis=1)
+    name_len = tf.argmin(tf.concat([hdr[:, :100], tf.zeros([m, 1], tf.uint8)], 1), axis=1)
     names = tf.strings.substr(data, pos * 512, name_len)
     return (tf.boolean_mask(names, keep), tf.boolean_mask((pos + 1) * 512, keep),
-            tf.boolean_mask(size, keep), truncated, consistent)
-
-
-def _tar_index(data: tf.Tensor):
-    """(names, starts, sizes, truncated) of the archive: the vectorised scan when its headers
-    chain, else the header-by-header walk."""
-    fast = _tar_index_vectorised(data)
-    return tf.cond(fast[4], lambda: fast[:4], lambda: _tar_index_walk(data))
-
-
-def _tar_index_walk(data: tf.Tensor):
-    """Walks the tar headers of `data` (the whole archive, a scalar string).
-
-    Returns (names [m] string, starts [m] int64, sizes [m] int64, truncated bool): the regular
-    files found, and whether the archive ends inside a header or a member's data.
-    """
-    n = tf.cast(tf.strings.length(data), tf.int64)  # shards are < 2 GiB
-
-    def body(off, names, starts, sizes, truncated, done):
-        left = n - off
-        header = tf.io.decode_raw(tf.strings.substr(data, off, tf.minimum(left, 512)), tf.uint8)
-        header = tf.pad(header, [[0, 512 - tf.shape(header)[0]]])
-        end = tf.reduce_all(tf.equal(header, 0))  # a zero block: end of archive (or padding)
-        short = left < 512
-        name_len = tf.argmin(tf.concat([header[:100], tf.zeros([1], tf.uint8)], 0),
-                             output_type=tf.int32)
-        name = tf.strings.substr(data, off, tf.cast(name_len, tf.int64))
-        size = _octal(header[124:136])
-        kind = header[156]
-        regular = tf.logical_or(tf.equal(kind, 48), tf.equal(kind, 0))
-        cut = tf.logical_or(tf.logical_and(short, tf.logical_not(end)), off + 512 + size > n)
-        stop = tf.logical_or(end, cut)
-        keep = tf.logical_and(tf.logical_not(stop), regular)
-        idx = names.size()
-        names = tf.cond(keep, lambda: names.write(idx, name), lambda: names)
-        starts = tf.cond(keep, lambda: starts.write(idx, off + 512), lambda: starts)
-        sizes = tf.cond(keep, lambda: sizes.write(idx, size), lambda: sizes)
-        nxt = off + 512 + (size + 511) // 512 * 512
-        return nxt, names, starts, sizes, tf.logical_or(truncated, cut), stop
-
-    init = (tf.constant(0, tf.int64), tf.TensorArray(tf.string, 0, dynamic_size=True),
-            tf.TensorArray(tf.int64, 0, dynamic_size=True),
-            tf.TensorArray(tf.int64, 0, dynamic_size=True), tf.constant(False), tf.constant(False))
-    _, names, starts, sizes, truncated, _ = tf.while_loop(
-        lambda off, *rest: tf.logical_and(tf.logical_not(rest[-1]), off < n), body, init)
-    return names.stack(), starts.stack(), sizes.stack(), truncated
+            tf.boolean_mask(size, keep), truncated)
 
 
 def _member_of(exts: Sequence[str], ext: tf.Tensor, key_idx: tf.Tensor, num_keys) -> tf.Tensor:
@@ -200,15 +180,13 @@ def read_tar(path: tf.Tensor) -> tf.data.Dataset:
     jpg = tf.strings.substr(data, tf.gather(starts, img_at), tf.gather(sizes, img_at))
     cap = tf.strings.substr(data, tf.gather(starts, txt_at), tf.gather(sizes, txt_at))
     ok = (img >= 0) & (txt >= 0)
-    # An empty or truncated shard leaves one broken record, so that it is counted.
+    # An empty or truncated shard leaves one broken record, so that it is counted. (Appended
+    # as a dataset: a tf.concat would copy every image of the shard once more.)
     bad = tf.cast(tf.logical_or(truncated, tf.equal(num_keys, 0)), tf.int64)
-    records = {
-        "jpg": tf.concat([jpg, tf.fill([bad], "")], 0),
-        "txt": tf.concat([cap, tf.fill([bad], "")], 0),
-        "key": tf.concat([ukeys, tf.fill([bad], path)], 0),
-        "ok": tf.concat([ok, tf.fill([bad], False)], 0),
-    }
-    return tf.data.Dataset.from_tensor_slices(records)
+    marker = {"jpg": tf.constant(""), "txt": tf.constant(""), "key": path, "ok": tf.constant(False)}
+    records = {"jpg": jpg, "txt": cap, "key": ukeys, "ok": ok}
+    return tf.data.Dataset.from_tensor_slices(records).concatenate(
+        tf.data.Dataset.from_tensors(marker).repeat(bad))
 
 
 # ----------------------------------------------------------------------------- TFRecord
