@@ -10,13 +10,17 @@ img2dataset formats into a temp dir, then measures examples/s at 224 px and 64 p
     batching);
   - bare (tfrecord): a minimal tf.data loop on the same TFRecord shards (parse, decode_and_crop
     with a random window, resize, batch), the reference the pipeline should stay within 0.9x of;
-and prints a table (best of --rounds round-robin rounds; per core = divided by the tf.data
-threads) and writes JSON.
+and prints a table and writes JSON: examples/s (best of --rounds round-robin rounds; per
+core = divided by the tf.data threads), vs bare (best / best), median (the median over rounds
+of the ratio within a round), and the CPU time of the process per example (min over rounds)
+with its ratio to the bare loop's (bare CPU / ours: the share of the bare loop's throughput
+ours reaches when CPU-bound, robust to other load on the machine).
 With --train_step it also times one step of configs/maeclip_tiny.py and prints the share of a
 step the pipeline's 64 px batch costs (the pipeline runs in parallel with the step in training).
 Timings on a shared machine are noisy: rerun, and compare rows from the same run.
 """
 import argparse
+import gc
 import json
 import os
 import sys
@@ -39,12 +43,15 @@ def write_shards(root: str, n: int, per_shard: int, size: int) -> None:
         sw.write_tfrecord(os.path.join(root, f"{s // per_shard:05d}.tfrecord"), idx, image_size=size)
 
 
-def measure(it, batch: int, batches: int) -> float:
-    """Examples/s of pulling `batches` batches from a warmed-up iterator."""
-    t0 = time.perf_counter()
+def measure(it, batch: int, batches: int):
+    """(examples/s, CPU microseconds of this process per example) of pulling `batches`
+    batches from a warmed-up iterator. The CPU time counts every thread of the process, so
+    it is the pipeline's work per example whatever else loads the machine."""
+    c0, t0 = time.process_time(), time.perf_counter()
     for _ in range(batches):
         next(it)  # fetching the batch is the work
-    return batches * batch / (time.perf_counter() - t0)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return batches * batch / wall, 1e6 * cpu / (batches * batch)
 
 
 def bare_dataset(files, size: int, batch: int, threads: int) -> tf.data.Dataset:
@@ -122,7 +129,9 @@ def main():
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--batches", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=3, help="best of this many rounds")
+    ap.add_argument("--rounds", type=int, default=5, help="best of this many rounds")
+    ap.add_argument("--pause", type=float, default=0.5,
+                    help="seconds between two measurements (the last pipeline's threads stop)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--train_step", action="store_true")
     ap.add_argument("--out", default="input_pipeline.json")
@@ -142,21 +151,33 @@ def main():
                      ("ours (tar)", ours_dataset(os.path.join(root, "*.tar"), size, args.batch,
                                                  args.threads))]
             # Round-robin rounds, a fresh iterator each time (so that no other pipeline's
-            # threads run meanwhile), best round per pipeline: on a shared machine the other
-            # load comes and goes, and the best round is the least disturbed one.
+            # threads run meanwhile: after each, a pause lets its threads wind down), best
+            # round per pipeline: on a shared machine the other load comes and goes, and the
+            # best round is the least disturbed one. Also kept: each round's ratio to the bare
+            # loop of the same round (median below) and the CPU time per example (min).
             best = [0.0] * len(cases)
+            cpu = [float("inf")] * len(cases)
+            per_round = [[] for _ in cases]
             for _ in range(args.rounds):
                 for k, (_, ds) in enumerate(cases):
                     it = iter(ds)
                     for _ in range(args.warmup):
                         next(it)
-                    best[k] = max(best[k], measure(it, args.batch, args.batches))
+                    eps, us = measure(it, args.batch, args.batches)
+                    best[k], cpu[k] = max(best[k], eps), min(cpu[k], us)
+                    per_round[k].append(eps)
                     del it
-            for (name, _), eps in zip(cases, best):
+                    gc.collect()
+                    time.sleep(args.pause)
+            for k, ((name, _), eps) in enumerate(zip(cases, best)):
+                ratios = [e / b for e, b in zip(per_round[k], per_round[0])]
                 rows.append({"pipeline": name, "image_size": size, "examples_per_sec": eps,
                              "examples_per_sec_per_core": eps / args.threads,
-                             "vs_bare": eps / best[0]})
-                print(f"  {name:<16} {size:>4} px  {eps:9.1f} ex/s", flush=True)
+                             "vs_bare": eps / best[0],
+                             "median_round_vs_bare": float(np.median(ratios)),
+                             "cpu_us_per_example": cpu[k], "cpu_vs_bare": cpu[0] / cpu[k]})
+                print(f"  {name:<16} {size:>4} px  {eps:9.1f} ex/s  {cpu[k]:6.0f} us CPU/ex",
+                      flush=True)
     result = {"rows": rows, "threads": args.threads, "rounds": args.rounds, "batch": args.batch,
               "source_size": args.source_size, "num_examples": args.num_examples}
     if args.train_step:
@@ -165,10 +186,12 @@ def main():
         result["tiny_train_step_s"] = sec
         if ours64:
             result["tiny_pipeline_share"] = (b / ours64[0]["examples_per_sec"]) / sec
-    print("\npipeline           size  examples/s  per core  vs bare")
+    print("\npipeline           size  examples/s  per core  vs bare  median  CPU us/ex  CPU vs bare")
     for r in rows:
         print(f"{r['pipeline']:<17} {r['image_size']:>5}  {r['examples_per_sec']:10.1f}  "
-              f"{r['examples_per_sec_per_core']:8.1f}  {r['vs_bare']:7.2f}")
+              f"{r['examples_per_sec_per_core']:8.1f}  {r['vs_bare']:7.2f}  "
+              f"{r['median_round_vs_bare']:6.2f}  {r['cpu_us_per_example']:9.0f}  "
+              f"{r['cpu_vs_bare']:11.2f}")
     if "tiny_train_step_s" in result:
         print(f"\nconfigs/maeclip_tiny.py step: {result['tiny_train_step_s'] * 1e3:.0f} ms; "
               f"pipeline time for its batch (64 px, tar): "
