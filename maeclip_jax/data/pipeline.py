@@ -191,7 +191,7 @@ def _img2dataset_source(input_cfg: ml_collections.ConfigDict, seed: int,
     ds = ds.repeat()
     ds = ds.interleave(shards.READERS[fmt], cycle_length=min(len(files), input_cfg.get("cycle_length", 8)),
                        block_length=1, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return records_to_examples(ds, input_cfg, pseed, parse=shards.PARSERS[fmt])
+    return records_to_examples(ds, input_cfg, pseed, parse=shards.TRAIN_PARSERS[fmt])
 
 
 def _tfds_fields(input_cfg):

@@ -7,8 +7,8 @@ img2dataset writes two common formats:
 The tar reader yields dicts `{"jpg": string (encoded image bytes), "txt": string, "key":
 string, "ok": bool}`; a record with ok=False stands for something broken that must be counted,
 not trained on: a sample missing its image or caption member, an empty shard, a truncated tar.
-The TFRecord reader yields serialized Examples, which `parse_tfrecord` turns into `{"jpg",
-"txt"}` inside the pipeline's per-example map (a broken one has an empty image or caption).
+The TFRecord reader yields serialized Examples, which `parse_tfrecord` turns into the same
+dicts (`parse_tfrecord_for_training`: only jpg and txt, inside the training map).
 
 The tar reader is pure TensorFlow (a vectorised scan of the shard's 512-byte blocks for tar
 headers, following their chain), not a Python generator, so the whole pipeline stays checkpointable with tf.data iterator
@@ -201,7 +201,7 @@ _PARSE_FEATURES = {k: _TFRECORD_FEATURES[k] for k in ("jpg", "txt")}
 
 def read_tfrecord(path: tf.Tensor) -> tf.data.Dataset:
     """One img2dataset TFRecord shard -> serialized tf.train.Example strings (parsed later, by
-    `parse_tfrecord`, inside the pipeline's one per-example map). A corrupt or truncated
+    `parse_tfrecord`; in training inside the pipeline's one per-example map). A corrupt or truncated
     record ends the shard there (its lost tail cannot be counted: TFRecord has no index); an
     empty shard yields one empty string, which parses into a broken record, so that it is
     counted.
@@ -217,16 +217,25 @@ def read_tfrecord(path: tf.Tensor) -> tf.data.Dataset:
 
 
 def parse_tfrecord(serialized: tf.Tensor) -> dict:
-    """A serialized img2dataset Example -> record {jpg, txt} (only what training reads: every
-    op here runs once per example). A missing feature is empty, which the pipeline drops: an
+    """A serialized img2dataset Example -> record {jpg, txt, key, ok} (as the tar reader's)."""
+    ex = tf.io.parse_single_example(serialized, _TFRECORD_FEATURES)
+    ex["ok"] = tf.logical_and(tf.strings.length(ex["jpg"]) > 0, tf.strings.length(ex["txt"]) > 0)
+    return ex
+
+
+def parse_tfrecord_for_training(serialized: tf.Tensor) -> dict:
+    """parse_tfrecord with only what training reads, {jpg, txt} (every op here runs once per
+    example inside the training map). A missing feature is empty, which training drops: an
     empty image fails to decode, an empty caption is blank; the empty-shard marker ("")
     parses into such a record."""
     return tf.io.parse_single_example(serialized, _PARSE_FEATURES)
 
 
 READERS = {"tar": read_tar, "tfrecord": read_tfrecord}
-# Per-record work done inside the pipeline's per-example map (None: records are ready).
+# Raw record -> {jpg, txt, key, ok} (None: records are ready).
 PARSERS = {"tar": None, "tfrecord": parse_tfrecord}
+# The same for training, run inside its per-example map: {jpg, txt[, key, ok]}.
+TRAIN_PARSERS = {"tar": None, "tfrecord": parse_tfrecord_for_training}
 
 
 # ----------------------------------------------------------------------------- diagnostics
