@@ -86,7 +86,8 @@ def _builtin_source(input_cfg: ml_collections.ConfigDict, seed: int, start: int)
 
 
 def valid_text(text: tf.Tensor) -> tf.Tensor:
-    """True for a caption that is valid UTF-8 and not blank."""
+    """True for a caption that is valid UTF-8 and not blank. (Training reaches the same verdict
+    in fewer ops inside its per-example map: see records_to_examples.)"""
     utf8 = tf.equal(tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace",
                                                  replacement_char=0xFFFD), text)
     return tf.logical_and(utf8, tf.strings.length(tf.strings.strip(text)) > 0)
