@@ -43,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.input.crop_ratio = (3 / 4, 4 / 3)
     c.input.flip = True
     c.input.first_batch_timeout_s = 300  # fail, naming a shard, if no batch arrives by then
+    c.input.batch_timeout_s = 600  # later batches too (a stalled gs:// read); 0: wait forever
     c.input.image_size = 64
     c.input.max_text_len = 32
     c.input.tokenizer = "builtin_words"  # or sentencepiece (+ tokenizer_model)
@@ -50,6 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.input.mean = (0.5, 0.5, 0.5)  # pixels are normalised as (x / 255 - mean) / std on device
     c.input.std = (0.5, 0.5, 0.5)
     c.input.prefetch = 2
+    c.input.num_threads = 0       # tf.data private thread pool size; 0: TF's shared default
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "maeclip"      # clip | mae | maeclip | m3ae
