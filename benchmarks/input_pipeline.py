@@ -6,8 +6,8 @@ Command:
 It writes shards of real JPEGs (built-in scenes at --source_size px, captions) in both
 img2dataset formats into a temp dir, then measures examples/s at 224 px and 64 px of
   - ours (tar), ours (tfrecord): maeclip_jax.data.pipeline.train_dataset, i.e. the full training
-    path (shuffle, robust filtering + skip counting, random-resized-crop, flip, tokenisation,
-    batching);
+    path (shuffle, robust filtering + skip counting, random-resized-crop, tokenisation,
+    batching; the horizontal flip runs on the device, in the train step);
   - bare (tfrecord): a minimal tf.data loop on the same TFRecord shards (parse, decode_and_crop
     with a random window, resize, batch), the reference the pipeline should stay within 0.9x of;
 and prints a table and writes JSON: examples/s (best of --rounds round-robin rounds; per

@@ -20,11 +20,18 @@ def normalize_images(images: jax.Array, config: ml_collections.ConfigDict) -> ja
     return (images.astype(jnp.float32) / 255.0 - mean) / std
 
 
+def flip_images(images: jax.Array, flip: jax.Array) -> jax.Array:
+    """Horizontal flip of the examples where `flip` `[B]` is True, `[B, H, W, C]` (on the
+    device: the input pipeline only decides, see data/pipeline.flip_bits)."""
+    return jnp.where(flip[:, None, None, None], images[:, :, ::-1], images)
+
+
 def input_spec(config: ml_collections.ConfigDict) -> dict:
-    """Shapes and dtypes of one global training batch."""
+    """Shapes and dtypes of one global training batch (image uint8, text ids, flip bool)."""
     b, s = config.batch_size, config.input.image_size
     return {"image": jax.ShapeDtypeStruct((b, s, s, 3), jnp.uint8),
-            "text": jax.ShapeDtypeStruct((b, config.input.max_text_len), jnp.int32)}
+            "text": jax.ShapeDtypeStruct((b, config.input.max_text_len), jnp.int32),
+            "flip": jax.ShapeDtypeStruct((b,), jnp.bool_)}
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation,
@@ -57,7 +64,10 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
     def step(state: TrainState, batch: dict) -> Tuple[TrainState, dict]:
         # Randomness (masks) is a function of (seed, step): resumed runs draw the same masks.
         rng = jax.random.fold_in(base_rng, state["step"])
-        batch = dict(batch, image=normalize_images(batch["image"], config))
+        images = batch["image"]
+        if "flip" in batch:  # the pipeline's batches always say; hand-made ones may not
+            images = flip_images(images, batch["flip"])
+        batch = dict(batch, image=normalize_images(images, config))
 
         def loss_fn(params):
             variables = {"params": params}

@@ -312,3 +312,43 @@ def test_a_tar_stored_inside_a_tar_shard_is_one_member_not_more_samples(tmp_path
     records = list(shards.read_tar(tf.constant(str(path))).as_numpy_iterator())
     assert [r["key"].decode() for r in records] == ["000", "001", "002"]
     assert [r["txt"].decode() for r in records] == caps and all(r["ok"] for r in records)
+
+
+def test_flip_marks_come_from_the_index_and_never_touch_the_built_in_scenes(data_dir):
+    """Host batches carry a flip mark per example (applied on the device): a pure function of
+    (seed, raw-record index), about half of the file examples, never a built-in scene (their
+    captions say left and right), and the same marks when the stream is read again."""
+    bits = pipeline.flip_bits(7, np.arange(4000))
+    assert 0.45 < bits.mean() < 0.55  # Binomial(4000, 0.5): sd 0.008
+    np.testing.assert_array_equal(bits, pipeline.flip_bits(7, np.arange(4000)))
+    assert (bits != pipeline.flip_bits(8, np.arange(4000))).mean() > 0.4
+    d, _ = data_dir
+    config = tiny_config(**{"input.source": "mixture", "input.shuffle_buffer": 0,
+                            "total_steps": 6})
+    config.input.mixture = {
+        "tar": {"source": "img2dataset", "data": str(d / "s[01].tar"), "weight": 1.0},
+        "synthetic": {"source": "builtin", "weight": 1.0},
+    }
+    tok = from_config(config.input)
+    seeds = pipeline.flip_seeds(config)
+    syn, tar = 0, 1  # mixture parts are numbered in sorted name order
+    assert seeds[syn] is None and seeds[tar] is not None
+
+    def read():
+        host = pipeline.HostBatches(config, tok, 0)
+        out = [next(host) for _ in range(6)]
+        ds = pipeline.train_dataset(config, tok, 0)  # the same stream: which part, which index
+        meta = [(b["source"].numpy(), b["index"].numpy()) for b in ds.take(6)]
+        return out, meta
+
+    (batches, meta), (again, _) = read(), read()
+    flips = np.concatenate([b["flip"] for b in batches])
+    source = np.concatenate([m[0] for m in meta])
+    index = np.concatenate([m[1] for m in meta])
+    assert not flips[source == syn].any()
+    np.testing.assert_array_equal(flips[source == tar],
+                                  pipeline.flip_bits(seeds[tar], index[source == tar]))
+    assert 0 < flips[source == tar].mean() < 1
+    np.testing.assert_array_equal(flips, np.concatenate([b["flip"] for b in again]))
+    config.input.mixture.tar.flip = False
+    assert all(s is None for s in pipeline.flip_seeds(config).values())

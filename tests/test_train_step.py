@@ -63,6 +63,29 @@ def test_eight_devices_give_the_same_step_as_one():
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), p1, p8)
 
 
+def test_the_step_flips_exactly_the_examples_the_batch_marks():
+    """A step on a batch with flip marks equals a step on the same images flipped by numpy
+    (and unmarked ones untouched), on 8 devices."""
+    config = tiny_config()
+    t, tok, mesh = _setup(config, jax.devices())
+    batch = _batch(config, tok)
+    marks = np.arange(config.batch_size) % 3 == 0
+    by_numpy = dict(batch, image=np.where(marks[:, None, None, None],
+                                          batch["image"][:, :, ::-1], batch["image"]))
+    outs = []
+    for b in (dict(batch, flip=marks), dict(by_numpy, flip=np.zeros_like(marks))):
+        state = t.init(jax.random.PRNGKey(0))
+        for _ in range(2):
+            state, metrics = t.step(state, _put(b, mesh))
+        outs.append(float(metrics["loss"]))
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-6)
+    state = t.init(jax.random.PRNGKey(0))
+    _, m = t.step(state, _put(dict(batch, flip=np.zeros_like(marks)), mesh))
+    state = t.init(jax.random.PRNGKey(0))
+    _, m_flip = t.step(state, _put(dict(batch, flip=marks), mesh))
+    assert float(m["loss"]) != float(m_flip["loss"])  # the marks do change what is trained on
+
+
 def test_masks_differ_between_steps_but_replay_for_the_same_step():
     config = tiny_config(**{"loss.contrastive": 0.0, "optimizer.lr": 1e-12})
     t, tok, mesh = _setup(config, jax.devices()[:1])

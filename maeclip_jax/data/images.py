@@ -1,7 +1,8 @@
-"""Image decoding and training augmentation inside tf.data, deterministic per example.
+"""Image decoding and random-resized-crop inside tf.data, deterministic per example.
 
-Every random draw is a stateless op seeded by (seed, example index), so an example's crop and
-flip do not depend on thread scheduling, and a resumed stream repeats them exactly.
+Every random draw is a stateless op seeded by (seed, example index), so an example's crop does
+not depend on thread scheduling, and a resumed stream repeats it exactly. The horizontal flip
+is decided on the host from the same index (pipeline.flip_bits) and applied on the device.
 """
 from typing import Sequence
 
@@ -20,29 +21,22 @@ def _crop_window(shape: tf.Tensor, seed: tf.Tensor, scale: Sequence[float],
 
 def decode_crop_resize(encoded: tf.Tensor, image_size: int, seed: tf.Tensor,
                        scale: Sequence[float] = (0.2, 1.0),
-                       ratio: Sequence[float] = (3 / 4, 4 / 3), flip: bool = True) -> tf.Tensor:
+                       ratio: Sequence[float] = (3 / 4, 4 / 3)) -> tf.Tensor:
     """Encoded image bytes -> uint8 `[image_size, image_size, 3]`: random-resized-crop (area
-    fraction in `scale`, aspect ratio in `ratio`), bilinear resize, optional horizontal flip.
+    fraction in `scale`, aspect ratio in `ratio`), bilinear resize.
 
     JPEGs are decoded only inside the crop window (decode_and_crop_jpeg); other formats (PNG,
     ...) are decoded whole, then cropped. Raises InvalidArgumentError on undecodable bytes (the
     pipeline drops and counts such examples).
     seed: int64 `[2]`, `[s, n]` with n >= 0 (the pipeline's: its seed and the example index).
     """
-    # The crop draws from seed, the flip from [s, -1 - n]: disjoint from every crop seed
-    # [s, n >= 0], so no two examples (nor the crop and flip of one) share a random stream.
-    # One xor instead of two stateless_fold_in (~15 us of CPU per example, ~7% of the
-    # whole decode of a 256 px JPEG at 64 px).
-    crop_seed = seed
-    flip_seed = tf.bitwise.bitwise_xor(seed, tf.constant([0, -1], tf.int64))
-
     def jpeg():
-        window = _crop_window(tf.image.extract_jpeg_shape(encoded), crop_seed, scale, ratio)
+        window = _crop_window(tf.image.extract_jpeg_shape(encoded), seed, scale, ratio)
         return tf.io.decode_and_crop_jpeg(encoded, window, channels=3)
 
     def other():
         img = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-        y, x, h, w = tf.unstack(_crop_window(tf.shape(img), crop_seed, scale, ratio))
+        y, x, h, w = tf.unstack(_crop_window(tf.shape(img), seed, scale, ratio))
         return img[y:y + h, x:x + w]
 
     img = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
@@ -50,7 +44,5 @@ def decode_crop_resize(encoded: tf.Tensor, image_size: int, seed: tf.Tensor,
     # Bilinear weights are convex, so values stay in [0, 255]: +0.5 then truncation rounds, with
     # no clip (round + clip were three more passes over the pixels: ~8% of the throughput).
     img = tf.cast(img + 0.5, tf.uint8)
-    if flip:
-        img = tf.image.stateless_random_flip_left_right(img, flip_seed)
     img.set_shape([image_size, image_size, 3])
     return img
