@@ -49,8 +49,9 @@ def format_table(results: dict) -> str:
     rows = [(k, v) for k, v in sorted(results.items())]
     width = max(len(k) for k, _ in rows)
     lines = [f"{'metric':<{width}}  value", f"{'-' * width}  -----"]
+    from maeclip_jax.evaluation.report import format_value
     for k, v in rows:
-        lines.append(f"{k:<{width}}  {v:.4f}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+        lines.append(f"{k:<{width}}  {format_value(v)}")
     return "\n".join(lines)
 
 

@@ -120,6 +120,15 @@ def test_image_only_model_skips_text_evaluators_and_says_so():
     assert "| LP top-1 | ZS top-1 |" in md and "| 50.0 | n/a |" in md
 
 
+def test_small_hyperparameters_keep_their_digits_in_the_tables():
+    # A ridge l2 of 1e-6 printed with 4 decimals read as 0, i.e. as an unregularised probe.
+    results = {"linear_probe/l2": 1e-6, "linear_probe/top1": 0.63478, "step": 3, "config": "t"}
+    md = report.markdown(results, {"linear_probe": {}}, {})
+    assert "| linear_probe/l2 | 1e-06 |" in md and "| linear_probe/top1 | 0.6348 |" in md
+    table = train.format_table(results)
+    assert "1e-06" in table and "0.6348" in table and "0.0000" not in table
+
+
 @pytest.mark.slow
 def test_eval_loop_during_training_and_in_eval_mode(tmp_path, caplog):
     config = _config(total_steps=2, checkpoint_every_steps=2, log_every_steps=1,

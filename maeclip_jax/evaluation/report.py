@@ -26,6 +26,12 @@ COLUMNS: List[Tuple[str, str, str, str]] = [
 ]
 
 
+def format_value(v) -> str:
+    """4 decimals for metrics; small hyper-parameters (a ridge l2 of 1e-6) keep their digits."""
+    if isinstance(v, float):
+        return f"{v:.4f}" if v == 0 or abs(v) >= 1e-3 else f"{v:.3g}"
+    return str(v)
+
 def _cell(v) -> str:
     return f"{100 * v:.1f}" if isinstance(v, float) else str(v)
 
@@ -56,7 +62,7 @@ def markdown(results: dict, evals_config: dict, not_applicable: dict = None) -> 
     for n, why in not_applicable.items():
         lines.append(f"- `{n}`: n/a, {why}.")
     lines += ["", "All metrics:", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
+    lines += [f"| {k} | {format_value(v)} |"
               for k, v in sorted(results.items()) if not isinstance(v, dict)]
     return "\n".join(lines) + "\n"
 
