@@ -310,3 +310,14 @@ def test_converters_from_official_question_files(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"1": {"question": "?"}}))
     with pytest.raises(ValueError, match=r"bad.json question 1.*'imageId'"):
         vqa_formats.from_gqa(str(tmp_path / "bad.json"))
+
+
+def test_grounding_pictures_prefer_crowded_scenes_from_different_groups():
+    # Queries 0-3: single objects of one hard-negative group (scenes 0-3); 4-6: scene 4 (two
+    # objects) and scene 5 (one, same group as 4); 7-9: scene 8 (three objects).
+    index = np.array([0, 1, 2, 3, 4, 4, 5, 8, 8, 8])
+    num_objects = np.array([1, 1, 1, 1, 2, 1, 1, 1, 3])
+    assert grounding.picture_queries(index, num_objects, 3) == [7, 4, 0]
+    # With more pictures than groups, the rest follow in the same order.
+    assert grounding.picture_queries(index, num_objects, 5) == [7, 8, 9, 4, 0]
+    assert grounding.picture_queries(index, num_objects, 0) == []

@@ -205,6 +205,22 @@ def grounding_queries(scene: dict) -> dict:
     return {"prompt": prompts, "index": np.array(index), "mask": np.stack(masks)}
 
 
+def picture_queries(index: np.ndarray, num_objects: np.ndarray, n: int) -> list:
+    """Which `n` queries to draw: scenes with the most objects first (a map must then pick the
+    named object among distractors), at most one per group of built-in scenes that differ only
+    in shape (`builtin.HARD_NEGATIVE_GROUP`) while there are other groups, in query order."""
+    from maeclip_jax.data import builtin
+    order = sorted(range(len(index)), key=lambda j: (-int(num_objects[index[j]]), j))
+    groups, chosen = set(), []
+    for j in order:
+        g = int(index[j]) // builtin.HARD_NEGATIVE_GROUP
+        if g not in groups:
+            groups.add(g)
+            chosen.append(j)
+    chosen += [j for j in order if j not in chosen]
+    return sorted(chosen[:n], key=lambda j: (-int(num_objects[index[j]]), j))
+
+
 def _heat(x: np.ndarray) -> np.ndarray:
     """`[H, W]` in [0, 1] -> `uint8 [H, W, 3]` blue-green-red colour map."""
     x = x[..., None]
@@ -317,7 +333,7 @@ class Grounding:
             import tensorflow as tf
             out_dir = os.path.join(self.workdir, "grounding")
             tf.io.gfile.makedirs(out_dir)
-            for j in range(min(n_pic, len(images))):
+            for j in picture_queries(q["index"], scene["num_objects"], n_pic):
                 cam = upsample(m["cam"][j:j + 1], size, size)[0]
                 pic = overlay_picture(images[j], cam, seg[j], q["mask"][j])
                 save_png(os.path.join(out_dir, f"{j:02d}_{q['prompt'][j].replace(' ', '_')}.png"),
