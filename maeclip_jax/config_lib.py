@@ -1,5 +1,8 @@
 """Defaults shared by every config file; a config file starts from `base_config()` and sets
 what differs. Fields are documented here once."""
+import json
+import os
+
 import ml_collections
 from ml_collections.config_dict import placeholder
 
@@ -120,3 +123,58 @@ def demo_budget(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.optimizer.warmup_steps = 160
     return c
 
+
+
+# Fields that define what a run trains. Resuming or evaluating a workdir with other values would
+# restore the checkpoint into a different model (pooling has no parameters, so nothing else
+# notices) or continue it with another objective.
+_MODEL_FIELDS = ("model.", "input.image_size", "input.max_text_len", "input.tokenizer",
+                 "input.tokenizer_model")
+_OBJECTIVE_FIELDS = ("loss.", "masking.")
+# Free to change between starts: compute and memory settings that leave the math alone.
+_FREE_FIELDS = ("model.dtype", "model.remat")
+CONFIG_RECORD = "config.json"
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_and_record(config: ml_collections.ConfigDict, workdir: str, resuming: bool,
+                     mode: str) -> None:
+    """Compares `config` with the one recorded in `<workdir>/config.json` when the workdir holds
+    a run (`resuming`), raising ConfigError naming every field that would change the model (and,
+    when training on, the objective); then records `config` there (not in mode 'eval', which
+    leaves the run's record alone). Written atomically: other processes may be reading it."""
+    import jax  # imported here: config files import this module and need neither
+    import tensorflow as tf
+
+    from maeclip_jax.validation import ConfigError
+    path = os.path.join(workdir, CONFIG_RECORD)
+    now = json.loads(config.to_json_best_effort())
+    if resuming and tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as f:
+            before = _flat(json.load(f))
+        after = _flat(now)
+        guarded = _MODEL_FIELDS + (_OBJECTIVE_FIELDS if mode == "train" else ())
+        changed = sorted(k for k in set(before) | set(after)
+                         if before.get(k) != after.get(k) and k.startswith(guarded)
+                         and not k.startswith(_FREE_FIELDS))
+        if changed:
+            lines = [f"- config.{k}={after.get(k)!r}, but the run was started with "
+                     f"{before.get(k)!r}" for k in changed]
+            fix = " ".join(f"--config.{k}={before.get(k)}" for k in changed)
+            raise ConfigError(
+                f"{workdir} holds a run of another model or objective ({path}):\n"
+                + "\n".join(lines) + f"\nPass the run's values ({fix}) or use a new --workdir.")
+    if mode != "eval" and jax.process_index() == 0:
+        tmp = path + ".tmp"
+        with tf.io.gfile.GFile(tmp, "w") as f:
+            json.dump(now, f, indent=2, sort_keys=True)
+        tf.io.gfile.rename(tmp, path, overwrite=True)

@@ -3,6 +3,7 @@
 Any config field can be overridden: --config.batch_size=64 --config.model.image.pooling=max.
 """
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter hides our logs
 
@@ -12,9 +13,10 @@ from ml_collections import config_flags  # noqa: E402
 config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
                                 lock_config=False)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
-flags.DEFINE_enum("mode", "train", ["train", "eval"],
+flags.DEFINE_enum("mode", "train", ["train", "eval", "init"],
                   "train: train to total_steps (resuming), then evaluate. "
-                  "eval: evaluate the latest checkpoint in --workdir.")
+                  "eval: evaluate the latest checkpoint in --workdir. "
+                  "init: evaluate the randomly initialised model (a random-features baseline).")
 flags.DEFINE_bool("distributed", bool(os.environ.get("MAECLIP_DISTRIBUTED")),
                   "Multi-host: call jax.distributed.initialize. Without the flags below it "
                   "detects the cluster itself (Cloud TPU VMs, SLURM). Env: MAECLIP_DISTRIBUTED=1.")
@@ -60,7 +62,15 @@ def main(argv):
 
     logging.info("JAX %s: %d processes, %d devices (%s)", jax.__version__, jax.process_count(),
                  jax.device_count(), jax.devices()[0].device_kind)
-    results = train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.mode)
+    from maeclip_jax import validation
+    from maeclip_jax.data.shards import DataError
+    try:
+        results = train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir,
+                                           flags.FLAGS.mode)
+    except (validation.ConfigError, DataError) as e:
+        # The message names the field or file and the way out; a traceback adds nothing.
+        logging.error("%s: %s", type(e).__name__, e)
+        sys.exit(f"\n{type(e).__name__}: {e}")
     if jax.process_index() == 0:
         print("\nResults (also in %s):\n%s" % (
             os.path.join(flags.FLAGS.workdir, "results.json"), train.format_table(results)),

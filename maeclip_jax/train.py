@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 from clu import metric_writers
 
-from maeclip_jax import checkpoint, models, optim, perf, sharding, validation
+from maeclip_jax import checkpoint, config_lib, models, optim, perf, sharding, validation
 from maeclip_jax import evaluation
 from maeclip_jax.data import pipeline
 from maeclip_jax.data import tokenizer as tokenizers
@@ -95,9 +95,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        mode: str = "train") -> dict:
     """Trains (resuming from `workdir` if it holds checkpoints), evaluates, returns results.
 
-    mode: 'train' (train to config.total_steps, then evaluate) or 'eval' (evaluate the latest
-    checkpoint only).
+    mode: 'train' (train to config.total_steps, then evaluate), 'eval' (evaluate the latest
+    checkpoint only) or 'init' (evaluate the freshly initialised model: the random-features
+    baseline a trained model's probe should beat; nothing is trained or saved but results).
     """
+    if mode not in ("train", "eval", "init"):
+        raise ValueError(f"mode must be 'train', 'eval' or 'init', got {mode!r}")
     # 1. Checks that fail fast, before anything is built or compiled.
     validation.validate(config, jax.device_count(), jax.process_count())
     tf.io.gfile.makedirs(workdir)  # local or gs:// (orbax, tf.io.gfile and CLU write there)
@@ -117,9 +120,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # 4. Restore the latest checkpoint, or initialise directly sharded.
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                    config.checkpoint_every_steps, config.keep_checkpoints)
-    if ckpt.latest_step() is not None:
+    resuming = ckpt.latest_step() is not None and mode != "init"
+    if mode == "init" and ckpt.latest_step() is not None:
+        raise validation.ConfigError(
+            f"--mode=init evaluates an untrained model and writes its results.json, but "
+            f"{workdir} holds a trained run (step {ckpt.latest_step()}); use a new --workdir")
+    config_lib.check_and_record(config, workdir, resuming, mode)
+    if resuming:
         state, meta = ckpt.restore(checkpoint.abstract_with_shardings(training.state_shapes, state_sh))
         logging.info("resumed from checkpoint at step %d", meta["step"])
+        if mode == "train" and meta["step"] >= config.total_steps:
+            logging.warning("%s holds a finished run (step %d of %d): evaluating it without "
+                            "training; use a new --workdir to train again", workdir,
+                            meta["step"], config.total_steps)
     elif mode == "eval":
         raise FileNotFoundError(f"--mode=eval: no checkpoint in {workdir}/checkpoints")
     else:
@@ -127,7 +140,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     step = int(jax.device_get(state["step"]))
 
     # 5. Evaluators.
-    evaluators = evaluation.build_evaluators(config, model, tokenizer, mesh, workdir)
+    try:
+        evaluators = evaluation.build_evaluators(config, model, tokenizer, mesh, workdir)
+    except (ValueError, KeyError, FileNotFoundError) as e:  # each message names its field
+        raise validation.ConfigError(e.args[0] if e.args else str(e)) from e
 
     def evaluate(at_step: int, params) -> dict:
         # params passed in: the train loop's state is donated each step, so a closure over

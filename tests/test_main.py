@@ -30,6 +30,55 @@ def test_train_evaluate_then_rerun_reports_the_same_without_training(tmp_path, c
     assert "resumed from checkpoint at step 6" in caplog.text
 
 
+def test_a_workdir_remembers_its_model_and_refuses_another(tmp_path):
+    from maeclip_jax import validation
+    config = tiny_config(total_steps=2, checkpoint_every_steps=2, log_every_steps=2,
+                         **{"model.image.pooling": "gap", "evals": {}})
+    train.train_and_evaluate(config, str(tmp_path))
+    assert json.load(open(tmp_path / "config.json"))["model"]["image"]["pooling"] == "gap"
+    # Pooling has no parameters: without the record, MAX would silently evaluate a GAP run.
+    other = tiny_config(total_steps=2, **{"model.image.pooling": "max", "evals": {}})
+    for mode in ("eval", "train"):
+        with pytest.raises(validation.ConfigError, match=r"(?s)config\.model\.image\.pooling='max', "
+                           r"but the run was started with 'gap'.*--config\.model\.image\."
+                           r"pooling=gap"):
+            train.train_and_evaluate(other, str(tmp_path), mode=mode)
+    # The objective may change for an evaluation, not when training on.
+    other = tiny_config(total_steps=4, checkpoint_every_steps=2, log_every_steps=2,
+                        **{"model.image.pooling": "gap", "evals": {}, "loss.reconstruction": 0.5})
+    assert train.train_and_evaluate(other, str(tmp_path), mode="eval")["step"] == 2
+    with pytest.raises(validation.ConfigError, match=r"config\.loss\.reconstruction=0\.5"):
+        train.train_and_evaluate(other, str(tmp_path))
+    # The budget, the compute dtype and the evaluators are free to change; training on records
+    # the new config.
+    other.loss.reconstruction = config.loss.reconstruction
+    other.model.dtype = "bfloat16"
+    assert train.train_and_evaluate(other, str(tmp_path))["step"] == 4
+    assert json.load(open(tmp_path / "config.json"))["total_steps"] == 4
+
+
+def test_init_mode_evaluates_the_untrained_model_in_a_new_workdir_only(tmp_path):
+    from maeclip_jax import validation
+    config = tiny_config(total_steps=2, checkpoint_every_steps=2, log_every_steps=2)
+    res = train.train_and_evaluate(config, str(tmp_path / "init"), mode="init")
+    assert res["step"] == 0 and 0.0 <= res["linear_probe/top1"] <= 1.0
+    assert not (tmp_path / "init" / "checkpoints").exists() or not os.listdir(
+        tmp_path / "init" / "checkpoints")
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+    with pytest.raises(validation.ConfigError, match=r"(?s)--mode=init.*holds a trained run \(step 2\)"):
+        train.train_and_evaluate(config, str(tmp_path / "run"), mode="init")
+
+
+def test_main_reports_a_bad_config_in_one_line_without_a_traceback(tmp_path):
+    cmd = [sys.executable, "-m", "maeclip_jax.main", f"--config={REPO}/configs/maeclip_tiny.py",
+           f"--workdir={tmp_path}", "--config.model.image.pooling=avg"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS=""), cwd=REPO)
+    assert p.returncode == 1
+    assert "ConfigError: config.model.image.pooling='avg'; choose one of" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
 def test_eval_mode_needs_a_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train.train_and_evaluate(tiny_config(), str(tmp_path), mode="eval")
