@@ -13,6 +13,11 @@ def _need(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+def _want(missing: list, cond: bool, msg: str) -> None:
+    if not cond:
+        missing.append(msg)
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
     """Raises ConfigError naming the field for any inconsistent setting."""
     from maeclip_jax import models  # the registries
@@ -24,22 +29,28 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
     m, icfg, lcfg = config.model, config.input, config.loss
     _need(m.name in models.names(),
           f"config.model.name={m.name!r} is not a known model; choose one of {models.names()}")
+    # What the user must supply (data, a tokenizer model) is reported all at once.
+    missing = []
     if icfg.source == "mixture":
-        _need(bool(icfg.get("mixture")),
+        _want(missing, bool(icfg.get("mixture")),
               "config.input.mixture is empty: config.input.source='mixture' needs "
               "{name: {source, data, weight}} entries")
     elif icfg.source != "builtin":
-        _need(bool(icfg.get("data")),
+        _want(missing, bool(icfg.get("data")),
               f"config.input.data is empty: config.input.source={icfg.source!r} needs training "
               "data. Point it at your shards, e.g. --config.input.data='/data/laion/{00000..09999}.tar' "
               "(img2dataset output), or train on the built-in data with --config.input.source=builtin.")
     _need(icfg.source in pipeline.source_names(),
           f"config.input.source={icfg.source!r} is not a known data source; "
           f"choose one of {pipeline.source_names()}")
-    pipeline.check_data(icfg)  # patterns that match nothing fail here, named
-    _need(icfg.get("tokenizer") != "sentencepiece" or bool(icfg.get("tokenizer_model")),
+    _want(missing, icfg.get("tokenizer") != "sentencepiece" or bool(icfg.get("tokenizer_model")),
           "config.input.tokenizer_model is empty: config.input.tokenizer='sentencepiece' needs "
           "a .model file (python -m maeclip_jax.tools.train_tokenizer --input=SHARDS --output=PREFIX)")
+    if missing:
+        raise ConfigError("\n".join(missing) if len(missing) == 1 else
+                          f"{len(missing)} fields need values:\n" + "\n".join(
+                              f"- {m}" for m in missing))
+    pipeline.check_data(icfg)  # patterns that match nothing fail here, named
     lo, hi = tuple(icfg.get("crop_scale", (0.2, 1.0)))
     _need(0.0 < lo <= hi <= 1.0, f"config.input.crop_scale={(lo, hi)} must satisfy 0 < lo <= hi <= 1")
 

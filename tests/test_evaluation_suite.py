@@ -118,6 +118,9 @@ def test_image_only_model_skips_text_evaluators_and_says_so():
     md = report.markdown({"linear_probe/top1": 0.5, "step": 3, "config": "test"},
                          config.evals.to_dict(), skipped)
     assert "| LP top-1 | ZS top-1 |" in md and "| 50.0 | n/a |" in md
+    md = report.markdown({"linear_probe/top1": 0.5, "step": 3, "config": "test"},
+                         {"linear_probe": {}}, {})
+    assert "(LP = linear probe)." in md and "ZS" not in md
 
 
 def test_small_hyperparameters_keep_their_digits_in_the_tables():
@@ -232,6 +235,14 @@ def test_tfds_evaluator_errors_name_the_config_field(built, tmp_path):
             build(type="zero_shot", dataset="tfds:cifar10", class_names=["a", "b"])
         with pytest.raises(ValueError, match=r"config.evals.e.dataset='img2dataset:x'"):
             build(type="linear_probe", dataset="img2dataset:x")
+        # Every evaluator that cannot start is named at once, not one per attempt.
+        with pytest.raises(ValueError, match=r"(?s)2 evaluators cannot start:\n- config\.evals"
+                                             r"\.a\.dataset='img2dataset:x'.*\n- config\.evals\.b: "
+                                             r"2 class names given"):
+            evaluation.build_evaluators(_evals_config(config, {
+                "a": {"type": "linear_probe", "dataset": "img2dataset:x"},
+                "b": {"type": "zero_shot", "dataset": "tfds:cifar10", "class_names": ["a", "b"]}}),
+                model, tok, mesh1)
 
 
 @pytest.mark.parametrize("fmt", ["tar", "tfrecord"])

@@ -48,7 +48,7 @@ def build_evaluators(config: ml_collections.ConfigDict, model, tokenizer, mesh,
     write files (grounding pictures) put them."""
     from maeclip_jax.evaluation import common
     _register_all()
-    out, caps = {}, None
+    out, caps, errors = {}, None, []
     for name, cfg in (config.get("evals") or {}).items():
         kind = cfg.get("type", name)
         if kind not in _EVALUATORS:
@@ -64,9 +64,20 @@ def build_evaluators(config: ml_collections.ConfigDict, model, tokenizer, mesh,
                                 reason)
                 out[name] = NotApplicable(name, reason)
                 continue
-        ev = cls(name, cfg, config, model, tokenizer, mesh)
+        try:
+            ev = cls(name, cfg, config, model, tokenizer, mesh)
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            errors.append(e)  # report every evaluator that cannot start, not just the first
+            continue
         ev.workdir = workdir
         out[name] = ev
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        kinds = {type(e) for e in errors}
+        kind = kinds.pop() if len(kinds) == 1 and KeyError not in kinds else ValueError
+        raise kind(f"{len(errors)} evaluators cannot start:\n" + "\n".join(
+            f"- {e.args[0] if e.args else e}" for e in errors))
     return out
 
 

@@ -54,9 +54,12 @@ def markdown(results: dict, evals_config: dict, not_applicable: dict = None) -> 
             header.append(col if name == kind else f"{name} {col}")
             groups.append(group)
             cells.append(_cell(results[key]) if key in results else "n/a")
+    abbrevs = [a for a in ("LP = linear probe", "ZS = zero-shot")
+               if any(a[:2] in h.split() for h in header)]
+    legend = f" ({', '.join(abbrevs)})" if abbrevs else ""
     lines = [f"Results of `{results.get('config', '')}` at step {results.get('step', '')}; "
              "in percent. Column groups, left to right: "
-             + ", ".join(dict.fromkeys(groups)) + " (LP = linear probe, ZS = zero-shot).", "",
+             + ", ".join(dict.fromkeys(groups)) + legend + ".", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
              "| " + " | ".join(cells) + " |", ""]
     for n, why in not_applicable.items():
