@@ -9,6 +9,11 @@ config, `config_lib.demo_budget`: 1,600 steps x 32 examples, about 5 minutes a r
 A short version (a quarter of the budget):
   python experiments/paper_table.py --workdir=/tmp/paper_table_short --steps=400 --seeds=0,1
 
+Every cell also gets its random-features baseline: the same model and pooling evaluated at
+initialisation (`--mode=init`, untrained, one per seed), the number a trained probe has to beat;
+`--no_init` leaves it out. `--reuse=experiments/results/paper_table.json` takes the trained runs
+recorded in an earlier table instead of training them again (only the missing runs are run).
+
 It prints two tables in the paper's layout (linear probe per model and pooling; zero-shot and
 linear probe per pooling) and writes `<out>.json` (every run's results and timings) and
 `<out>.md`. Every run uses `configs/<model>_cc12m.py:tiny` (the same model family and
@@ -83,8 +88,11 @@ def aggregate(runs: list, models, poolings) -> dict:
     out = {}
     for m in models:
         for p in poolings:
-            rs = [r for r in runs if r["model"] == m and r["pooling"] == p]
+            cell = [r for r in runs if r["model"] == m and r["pooling"] == p]
+            rs = [r for r in cell if not r.get("init")]
             out[f"{m}/{p}"] = {
+                "linear_probe_top1_init": [r["results"]["linear_probe/top1"] for r in cell
+                                           if r.get("init")],
                 "linear_probe_top1": [r["results"]["linear_probe/top1"] for r in rs],
                 "zero_shot_top1": [r["results"]["zero_shot/top1"] for r in rs
                                    if "zero_shot/top1" in r["results"]],
@@ -95,15 +103,22 @@ def aggregate(runs: list, models, poolings) -> dict:
 
 
 def markdown(agg: dict, models, poolings, meta: dict) -> str:
+    with_init = any(a["linear_probe_top1_init"] for a in agg.values())
     lines = [f"Built-in dataset, {meta['steps']} steps x batch {meta['batch_size']} per run, "
              f"seeds {meta['seeds']}; top-1 accuracy in %, mean ± std over seeds "
              f"(chance {100 * CHANCE:.1f}). Linear probe: ridge on frozen pooled image features.",
              "", "Linear probing (as the paper's Table 'Linear-probing on ImageNet'):", "",
-             "| Model | " + " | ".join(p.upper() for p in poolings) + " |",
-             "|---|" + "---|" * len(poolings)]
+             "| Model | " + " | ".join(p.upper() for p in poolings)
+             + "".join(f" | {p.upper()}, untrained" for p in poolings if with_init) + " |",
+             "|---|" + "---|" * len(poolings) * (2 if with_init else 1)]
     for m in models:
         lines.append(f"| {TITLES[m]} | " + " | ".join(
-            fmt(agg[f"{m}/{p}"]["linear_probe_top1"]) for p in poolings) + " |")
+            [fmt(agg[f"{m}/{p}"]["linear_probe_top1"]) for p in poolings]
+            + [fmt(agg[f"{m}/{p}"]["linear_probe_top1_init"]) for p in poolings if with_init])
+            + " |")
+    if with_init:
+        lines += ["", "Untrained: the same model and pooling evaluated at initialisation "
+                  "(random features, one per seed): what training has to beat."]
     lines += ["", "Pooling (as the paper's Table 'ImageNet performance'; zero-shot only with a "
               "text tower):", "", "| Model | Pooling | Zero-shot | Linear Probing |",
               "|---|---|---|---|"]
@@ -134,6 +149,10 @@ def main(argv=None) -> int:
     ap.add_argument("--poolings", default="gap,max")
     ap.add_argument("--collect_only", action="store_true",
                     help="train nothing: tabulate the runs already finished in --workdir")
+    ap.add_argument("--no_init", action="store_true",
+                    help="leave out the untrained (random-features) baseline of each cell")
+    ap.add_argument("--reuse", default="",
+                    help="a paper_table.json whose recorded runs are taken as they are")
     args = ap.parse_args(argv)
     models = [m for m in args.models.split(",") if m]
     poolings = [p for p in args.poolings.split(",") if p]
@@ -151,30 +170,49 @@ def main(argv=None) -> int:
 
     out = args.out or os.path.join(args.workdir, "paper_table")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    reused = {}
+    if args.reuse:
+        with open(args.reuse) as f:
+            prev = json.load(f)
+        if prev["meta"]["steps"] != args.steps or prev["meta"]["batch_size"] != args.batch_size:
+            ap.error(f"--reuse={args.reuse}: its runs have {prev['meta']['steps']} steps x "
+                     f"{prev['meta']['batch_size']}, not {args.steps} x {args.batch_size}")
+        reused = {(r["model"], r["pooling"], r["seed"], bool(r.get("init"))): r
+                  for r in prev["runs"]}
     runs, t_start = [], time.perf_counter()
+    kinds = (False,) if args.no_init else (False, True)
     for seed in seeds:  # seeds outermost: a cut-short table still covers every cell once
         for m in models:
             for p in poolings:
-                config = run_config(m, p, seed, args.steps, args.batch_size)
-                run_dir = os.path.join(args.workdir, config.name)
-                res, dt = finished_run(run_dir, args.steps)
-                if res is None and args.collect_only:
-                    print(f"{config.name}: not finished in {run_dir}; left out", flush=True)
-                    continue
-                if res is None:
-                    t0 = time.perf_counter()
-                    res = train.train_and_evaluate(config, run_dir)
-                    dt = time.perf_counter() - t0
-                    with open(os.path.join(run_dir, "paper_table_run.json"), "w") as f:
-                        json.dump({"seconds": dt}, f)
-                runs.append({"model": m, "pooling": p, "seed": seed, "seconds": dt,
-                             "results": {k: v for k, v in res.items()
-                                         if isinstance(v, (int, float))}})
-                zs = res.get("zero_shot/top1")
-                print(f"[{time.perf_counter() - t_start:7.0f}s] {config.name:>16}: "
-                      f"linear_probe/top1={res['linear_probe/top1']:.3f}"
-                      + (f" zero_shot/top1={zs:.3f}" if zs is not None else "")
-                      + (f" ({dt:.0f}s)" if dt is not None else " (cached)"), flush=True)
+                for init in kinds:
+                    config = run_config(m, p, seed, args.steps, args.batch_size)
+                    if init:
+                        config.name += "_init"
+                    run_dir = os.path.join(args.workdir, config.name)
+                    if (m, p, seed, init) in reused:
+                        r = reused[(m, p, seed, init)]
+                        res, dt = r["results"], r["seconds"]
+                    else:
+                        res, dt = finished_run(run_dir, 0 if init else args.steps)
+                    if res is None and args.collect_only:
+                        print(f"{config.name}: not finished in {run_dir}; left out", flush=True)
+                        continue
+                    if res is None:
+                        t0 = time.perf_counter()
+                        res = train.train_and_evaluate(config, run_dir,
+                                                       mode="init" if init else "train")
+                        dt = time.perf_counter() - t0
+                        with open(os.path.join(run_dir, "paper_table_run.json"), "w") as f:
+                            json.dump({"seconds": dt}, f)
+                    runs.append({"model": m, "pooling": p, "seed": seed, "init": init,
+                                 "seconds": dt,
+                                 "results": {k: v for k, v in res.items()
+                                             if isinstance(v, (int, float))}})
+                    zs = res.get("zero_shot/top1")
+                    print(f"[{time.perf_counter() - t_start:7.0f}s] {config.name:>21}: "
+                          f"linear_probe/top1={res['linear_probe/top1']:.3f}"
+                          + (f" zero_shot/top1={zs:.3f}" if zs is not None else "")
+                          + (f" ({dt:.0f}s)" if dt is not None else " (cached)"), flush=True)
     meta = {"steps": args.steps, "batch_size": args.batch_size, "seeds": seeds,
             "total_seconds": time.perf_counter() - t_start,
             "host": f"{os.cpu_count()} CPU cores, {jax.devices()[0].device_kind}",
