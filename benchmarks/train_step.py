@@ -258,7 +258,7 @@ def main(argv=None) -> dict:
                     help="add ViT-B/16 224 px bf16 rows (on by default with an accelerator)")
     ap.add_argument("--b16_batch", type=int, default=256)
     ap.add_argument("--dtype", default="float32", help="compute dtype of the small rows")
-    ap.add_argument("--out", default="/tmp/bench_train_step.json")
+    ap.add_argument("--out", default="/tmp/bench_train_step.json", help="where the JSON goes")
     args = ap.parse_args(argv)
     sections = set(args.sections.split(","))
     names = [m for m in args.models.split(",") if m]
