@@ -30,7 +30,7 @@ def test_train_evaluate_then_rerun_reports_the_same_without_training(tmp_path, c
     assert "resumed from checkpoint at step 6" in caplog.text
 
 
-def test_a_workdir_remembers_its_model_and_refuses_another(tmp_path):
+def test_a_workdir_remembers_its_model_and_refuses_another_and_init_mode_needs_a_new_one(tmp_path):
     from maeclip_jax import validation
     config = tiny_config(total_steps=2, checkpoint_every_steps=2, log_every_steps=2,
                          **{"model.image.pooling": "gap", "evals": {}})
@@ -43,30 +43,48 @@ def test_a_workdir_remembers_its_model_and_refuses_another(tmp_path):
                            r"but the run was started with 'gap'.*--config\.model\.image\."
                            r"pooling=gap"):
             train.train_and_evaluate(other, str(tmp_path), mode=mode)
-    # The objective may change for an evaluation, not when training on.
-    other = tiny_config(total_steps=4, checkpoint_every_steps=2, log_every_steps=2,
-                        **{"model.image.pooling": "gap", "evals": {}, "loss.reconstruction": 0.5})
-    assert train.train_and_evaluate(other, str(tmp_path), mode="eval")["step"] == 2
+    # --mode=init evaluates the untrained model, in a new workdir only.
+    with pytest.raises(validation.ConfigError, match=r"(?s)--mode=init.*holds a trained run \(step 2\)"):
+        train.train_and_evaluate(config, str(tmp_path), mode="init")
+    fresh = tmp_path / "init"
+    res = train.train_and_evaluate(tiny_config(), str(fresh), mode="init")
+    assert res["step"] == 0 and 0.0 <= res["linear_probe/top1"] <= 1.0
+    assert not (fresh / "checkpoints").exists() or not os.listdir(fresh / "checkpoints")
+
+
+def test_the_config_record_guards_the_model_always_and_the_objective_when_training_on(tmp_path):
+    """The rules of check_and_record on a recorded config, without training (the test above
+    runs them through the trainer)."""
+    from maeclip_jax import config_lib, validation
+    workdir = str(tmp_path)
+    config = tiny_config(**{"model.image.pooling": "gap"})
+    config_lib.check_and_record(config, workdir, resuming=False, mode="train")
+    recorded = json.load(open(tmp_path / "config.json"))
+    assert recorded["model"]["image"]["pooling"] == "gap"
+
+    # The objective may change for an evaluation (which leaves the record alone), not when
+    # training on.
+    other = tiny_config(**{"model.image.pooling": "gap", "loss.reconstruction": 0.5})
+    config_lib.check_and_record(other, workdir, resuming=True, mode="eval")
+    assert json.load(open(tmp_path / "config.json")) == recorded
     with pytest.raises(validation.ConfigError, match=r"config\.loss\.reconstruction=0\.5"):
-        train.train_and_evaluate(other, str(tmp_path))
+        config_lib.check_and_record(other, workdir, resuming=True, mode="train")
+    # A model field is refused in every mode, each changed field named with its fix.
+    other = tiny_config(**{"model.image.pooling": "gap", "input.image_size": 64,
+                           "model.embed_dim": 16})
+    with pytest.raises(validation.ConfigError, match=r"(?s)config\.input\.image_size=64.*"
+                       r"config\.model\.embed_dim=16.*--config\.input\.image_size=32 "
+                       r"--config\.model\.embed_dim=32"):
+        config_lib.check_and_record(other, workdir, resuming=True, mode="eval")
     # The budget, the compute dtype and the evaluators are free to change; training on records
     # the new config.
-    other.loss.reconstruction = config.loss.reconstruction
-    other.model.dtype = "bfloat16"
-    assert train.train_and_evaluate(other, str(tmp_path))["step"] == 4
+    other = tiny_config(total_steps=4, **{"model.image.pooling": "gap", "evals": {},
+                                          "model.dtype": "bfloat16"})
+    config_lib.check_and_record(other, workdir, resuming=True, mode="train")
     assert json.load(open(tmp_path / "config.json"))["total_steps"] == 4
-
-
-def test_init_mode_evaluates_the_untrained_model_in_a_new_workdir_only(tmp_path):
-    from maeclip_jax import validation
-    config = tiny_config(total_steps=2, checkpoint_every_steps=2, log_every_steps=2)
-    res = train.train_and_evaluate(config, str(tmp_path / "init"), mode="init")
-    assert res["step"] == 0 and 0.0 <= res["linear_probe/top1"] <= 1.0
-    assert not (tmp_path / "init" / "checkpoints").exists() or not os.listdir(
-        tmp_path / "init" / "checkpoints")
-    train.train_and_evaluate(config, str(tmp_path / "run"))
-    with pytest.raises(validation.ConfigError, match=r"(?s)--mode=init.*holds a trained run \(step 2\)"):
-        train.train_and_evaluate(config, str(tmp_path / "run"), mode="init")
+    # A new workdir (not resuming) is never compared.
+    config_lib.check_and_record(tiny_config(**{"model.image.pooling": "max"}), workdir,
+                                resuming=False, mode="train")
 
 
 def test_main_reports_a_bad_config_in_one_line_without_a_traceback(tmp_path):

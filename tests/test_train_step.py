@@ -46,6 +46,9 @@ def test_loss_falls_on_a_fixed_batch(model_name):
     assert np.mean(losses[-3:]) < 0.85 * np.mean(losses[:3]), losses
 
 
+# In `-m slow` / CI: the quick suite covers it with MAE-CLIP on a (2, 2, 2) mesh
+# (test_sharding.py) and M3AE on 8 data devices (test_four_models_train.py).
+@pytest.mark.slow
 def test_eight_devices_give_the_same_step_as_one():
     config = tiny_config()
     assert jax.device_count() == 8
