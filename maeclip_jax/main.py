@@ -3,6 +3,7 @@
 Any config field can be overridden: --config.batch_size=64 --config.model.image.pooling=max.
 """
 import os
+import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter hides our logs
@@ -50,6 +51,24 @@ class _QuietLibraries:
         return record.levelno >= 30 or "/orbax/" not in record.pathname
 
 
+def parse_flags(argv):
+    """absl's parser, with a misspelt `--config.a.b=...` field reported as one line: the override
+    is applied while the flags are parsed, and ml_collections raises a chained KeyError /
+    AttributeError (a 50-line traceback) for a field the config lacks."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as e:
+        text = str(e).replace("\\n", "\n").replace("\\'", "'")
+        field = re.search(r"'([^'\n]+)'", text)
+        field = field.group(1) if field else text
+        hint = re.search(r'Did you mean "([^"]+)"', text)
+        args = [a for a in argv[1:] if a.startswith("--config.") and
+                re.search(r"\.%s[.=]" % re.escape(field), a.split("=")[0] + "=")]
+        sys.exit(f"ConfigError: {args[0] if args else 'a --config override'}: the config has no "
+                 f"field {field!r}" + (f" (did you mean {hint.group(1)!r}?)" if hint else "") +
+                 "; the config file's fields are the ones that can be overridden")
+
+
 def main(argv):
     del argv
     logging.get_absl_handler().addFilter(_QuietLibraries())
@@ -78,4 +97,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

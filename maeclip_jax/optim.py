@@ -1,6 +1,8 @@
 """Optimizer: AdamW with warm-up + cosine decay, global-norm clipping, and weight decay on
 matrices only (never on biases, norms, embeddings, position embeddings, tokens or temperature).
 """
+import logging
+
 import jax
 import ml_collections
 import optax
@@ -10,6 +12,13 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> 
     """Linear warm-up from 0 to `cfg.lr` over `cfg.warmup_steps`, then cosine decay to
     `cfg.lr * cfg.min_lr_ratio` at `total_steps`."""
     warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
+    if warmup < cfg.warmup_steps:
+        # Happens with a shortened run (--config.total_steps=100 of the demo's 160 warm-up
+        # steps): the learning rate would then never decay, which a log should say.
+        logging.warning("config.optimizer.warmup_steps=%d is not below total_steps=%d: the "
+                        "warm-up is cut to %d steps and the run ends at the peak learning rate "
+                        "with no decay; set --config.optimizer.warmup_steps to a fraction of "
+                        "total_steps", cfg.warmup_steps, total_steps, warmup)
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=cfg.lr, warmup_steps=warmup,
         decay_steps=max(total_steps, warmup + 1), end_value=cfg.lr * cfg.get("min_lr_ratio", 0.0))

@@ -21,8 +21,16 @@ from maeclip_jax.train_step import init_state, input_spec, make_train_step
 
 
 def prepare_config(config: ml_collections.ConfigDict, tokenizer) -> ml_collections.ConfigDict:
-    """Fills fields derived from other parts (the text vocabulary size from the tokenizer)."""
+    """Fills fields derived from other parts: the text vocabulary size from the tokenizer, and
+    each tower's sizes from its `variant` where not set explicitly (so that the config a workdir
+    records, config.json, says width 128 rather than None for 'mu/8')."""
     config = ml_collections.ConfigDict(config.to_dict())
+    for tower in ("image", "text"):
+        cfg = config.model.get(tower)
+        if cfg is not None and cfg.get("variant"):
+            for key, value in models.tower_kwargs(cfg).items():
+                if cfg.get(key) is None:
+                    cfg[key] = value
     if "text" in config.model:
         vs = config.model.text.get("vocab_size")
         if vs is None:

@@ -82,6 +82,19 @@ def test_the_config_record_guards_the_model_always_and_the_objective_when_traini
                                           "model.dtype": "bfloat16"})
     config_lib.check_and_record(other, workdir, resuming=True, mode="train")
     assert json.load(open(tmp_path / "config.json"))["total_steps"] == 4
+    # Tower sizes are recorded as the model uses them, not as the None that a size from the
+    # variant ('test/8': width 32) leaves in the config.
+    from maeclip_jax.data.tokenizer import get_tokenizer
+    base = tiny_config(**{"model.image.pooling": "gap"})
+    tok = get_tokenizer(base.input.tokenizer, base.input.max_text_len)
+    sized = train.prepare_config(base, tok)
+    assert (sized.model.image.width, sized.model.image.depth, sized.model.text.width) == (32, 1, 32)
+    config_lib.check_and_record(sized, workdir, resuming=False, mode="train")
+    wider = train.prepare_config(tiny_config(**{"model.image.pooling": "gap",
+                                                "model.image.width": 64}), tok)
+    with pytest.raises(validation.ConfigError, match=r"config\.model\.image\.width=64, but the "
+                       r"run was started with 32"):
+        config_lib.check_and_record(wider, workdir, resuming=True, mode="eval")
     # A new workdir (not resuming) is never compared.
     config_lib.check_and_record(tiny_config(**{"model.image.pooling": "max"}), workdir,
                                 resuming=False, mode="train")
@@ -94,6 +107,15 @@ def test_main_reports_a_bad_config_in_one_line_without_a_traceback(tmp_path):
                        env=dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS=""), cwd=REPO)
     assert p.returncode == 1
     assert "ConfigError: config.model.image.pooling='avg'; choose one of" in p.stderr
+    assert "Traceback" not in p.stderr
+    # A misspelt field fails while the flags are parsed (ml_collections raises a chained
+    # KeyError / AttributeError there): one line too, naming the override and the near miss.
+    p = subprocess.run(cmd[:-1] + ["--config.model.image.poolng=gap"], capture_output=True,
+                       text=True, timeout=120, env=dict(os.environ, PYTHONPATH=REPO, XLA_FLAGS=""),
+                       cwd=REPO)
+    assert p.returncode == 1
+    assert ("ConfigError: --config.model.image.poolng=gap: the config has no field 'poolng' "
+            "(did you mean 'pooling'?)") in p.stderr
     assert "Traceback" not in p.stderr
 
 

@@ -163,3 +163,26 @@ def test_checkpoint_round_trip(tmp_path):
                  state, restored)
     leaf = jax.tree.leaves(restored["params"])[0]
     assert leaf.sharding == jax.tree.leaves(t.state_sharding["params"])[0]
+
+
+def test_schedule_warms_up_then_follows_the_cosine_and_says_when_warmup_eats_the_run(caplog):
+    import math
+
+    import ml_collections
+
+    from maeclip_jax import optim
+    cfg = ml_collections.ConfigDict(dict(lr=1e-3, warmup_steps=10, min_lr_ratio=0.1))
+    sched = optim.learning_rate_schedule(cfg, 100)
+    for step in (0, 5, 10, 40, 100):
+        if step <= 10:
+            want = 1e-3 * step / 10
+        else:  # cosine from the peak down to lr * min_lr_ratio, over the steps after warm-up
+            frac = (step - 10) / 90
+            want = 1e-4 + (1e-3 - 1e-4) * 0.5 * (1 + math.cos(math.pi * frac))
+        np.testing.assert_allclose(float(sched(step)), want, rtol=1e-5, atol=1e-9, err_msg=step)
+    assert "warm-up is cut" not in caplog.text
+    cfg.warmup_steps = 160
+    with caplog.at_level("WARNING"):
+        sched = optim.learning_rate_schedule(cfg, 100)
+    assert "warmup_steps=160 is not below total_steps=100: the warm-up is cut to 99" in caplog.text
+    np.testing.assert_allclose(float(sched(99)), 1e-3, rtol=1e-6)
