@@ -64,7 +64,9 @@ def parse_flags(argv):
         hint = re.search(r'Did you mean "([^"]+)"', text)
         args = [a for a in argv[1:] if a.startswith("--config.") and
                 re.search(r"\.%s[.=]" % re.escape(field), a.split("=")[0] + "=")]
-        sys.exit(f"ConfigError: {args[0] if args else 'a --config override'}: the config has no "
+        if not args:  # not an override (e.g. a bug inside the config file): keep the traceback
+            raise
+        sys.exit(f"ConfigError: {args[0]}: the config has no "
                  f"field {field!r}" + (f" (did you mean {hint.group(1)!r}?)" if hint else "") +
                  "; the config file's fields are the ones that can be overridden")
 
